@@ -1,0 +1,925 @@
+"""CAMELS-GB data layer: finding and checking the files, the model input data, scalers and windows.
+
+The synthetic demo dataset comes from ``demo_data.write_demo_dataset`` (re-exported here).
+
+Every stage reads data through this module and never opens a CSV itself::
+
+    from hydrologyDataset import load_input_data, FeatureSpec, Scalers, WindowData
+    data = load_input_data(config, data_dir, ["32006", "42003"])
+    spec = FeatureSpec.from_config(config)
+    scalers = Scalers.fit(data, spec, config["TRAIN_BASINS"], *period(config, "train"))
+    train = WindowData(data, spec, scalers, config["TRAIN_BASINS"], *period(config, "train"))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from demo_data import SYNTHETIC_MARKER, write_demo_dataset
+from utils import CAMELS_GB_DOI, ROOT, UserError, atomic_write_text, log, progress
+
+INPUT_FORMAT = 1
+TIMESERIES_RE = re.compile(r"^CAMELS_GB_hydromet_timeseries_(\d+)_(\d{8})-(\d{8})\.csv$")
+ATTRIBUTE_RE = re.compile(r"^CAMELS_GB_([a-z]+)_attributes\.csv$")
+ATTRIBUTE_GROUPS = (
+    "climatic", "humaninfluence", "hydrogeology", "hydrologic",
+    "hydrometry", "landcover", "soil", "topographic",
+)  # fmt: skip
+TIMESERIES_COLUMNS = (
+    "precipitation", "pet", "temperature", "discharge_spec", "discharge_vol", "peti",
+    "humidity", "shortwave_rad", "longwave_rad", "windspeed",
+)  # fmt: skip
+# Attributes computed from observed discharge: they leak the target, so only on request.
+DISCHARGE_SIGNATURES = frozenset(
+    "q_mean runoff_ratio stream_elas slope_fdc baseflow_index baseflow_index_ceh hfd_mean Q5 Q95 "
+    "high_q_freq high_q_dur low_q_freq low_q_dur zero_q_freq".split()
+)
+DEMO_DIR = ROOT / "datasets" / "CAMELS_GB_demo"
+Q_LAG, Q_MISSING = "discharge_lag", "discharge_lag_missing"
+
+
+# --------------------------------------------------------------------------- finding the files
+
+
+@dataclass(frozen=True)
+class CamelsGBSource:
+    """Where the CAMELS-GB files of one data folder are.
+
+    Attributes
+    ----------
+    root : Path
+        The data folder.
+    timeseries : dict
+        Gauge id (str) -> hydromet timeseries CSV.
+    attributes : dict
+        Attribute group ('topographic', ...) -> CSV.
+    synthetic : bool
+        True for the toolkit's demo data (marker file at the root).
+    """
+
+    root: Path
+    timeseries: dict[str, Path]
+    attributes: dict[str, Path]
+    synthetic: bool
+
+    @property
+    def basins(self) -> list[str]:
+        return sorted(self.timeseries, key=lambda b: (len(b), b))
+
+    def check_basins(self, basins: Sequence[str]) -> list[str]:
+        """Return ``basins`` as strings or raise UserError naming the unknown ones."""
+        basins = [str(b).strip() for b in basins]
+        unknown = [b for b in basins if b not in self.timeseries]
+        if unknown:
+            have = " ".join(self.basins[:30]) + (" ..." if len(self.timeseries) > 30 else "")
+            raise UserError(
+                f"basin id(s) {', '.join(unknown)} not found in {self.root} "
+                f"({len(self.timeseries)} available: {have})"
+            )
+        return basins
+
+
+def resolve_data_dir(cli_value: str | None, config: dict, demo: bool = False) -> Path:
+    """Pick the data folder: ``--data_dir``, else DATA_DIR, else $CAMELS_GB_DIR, else the default.
+
+    With ``demo`` the toolkit's synthetic dataset is used (and written first if missing).
+    """
+    if demo:
+        if cli_value:
+            raise UserError("--demo and --data_dir both name a data folder; drop one")
+        if not (DEMO_DIR / SYNTHETIC_MARKER).is_file():
+            log.info("writing the synthetic demo dataset to %s", DEMO_DIR)
+            write_demo_dataset(DEMO_DIR)
+        return DEMO_DIR
+    value = cli_value or config.get("DATA_DIR") or os.environ.get("CAMELS_GB_DIR")
+    path = Path(value).expanduser() if value else ROOT / "datasets" / "CAMELS_GB"
+    if not path.is_dir():
+        raise UserError(
+            f"CAMELS-GB data folder {path} not found. Download CAMELS-GB "
+            f"(https://doi.org/{CAMELS_GB_DOI}) and pass --data_dir or set CAMELS_GB_DIR, "
+            "or make the synthetic demo data with `python data_process.py --demo` and use --demo"
+        )
+    return path
+
+
+def find_source(root: Path) -> CamelsGBSource:
+    """Find the timeseries and attribute files under ``root``.
+
+    Accepts the official download (``timeseries/`` and the attribute tables at the root or under
+    ``attributes/``) and the product layout (``CAMELS_GB_timeseries/``, ``CAMELS_GB_static/``).
+    """
+    root = Path(root)
+    ts_dirs = [root / "timeseries", root / "CAMELS_GB_timeseries", root]
+    attr_dirs = [root / "attributes", root / "CAMELS_GB_static", root]
+    timeseries: dict[str, Path] = {}
+    for folder in ts_dirs:
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            match = TIMESERIES_RE.match(path.name)
+            if match:
+                basin = match.group(1)
+                if basin in timeseries and timeseries[basin] != path:
+                    raise UserError(
+                        f"basin {basin} has two timeseries files ({timeseries[basin]}, {path}); "
+                        "keep one"
+                    )
+                timeseries[basin] = path
+        if timeseries:
+            break
+    attributes: dict[str, Path] = {}
+    for folder in attr_dirs:
+        if folder.is_dir():
+            for path in folder.iterdir():
+                match = ATTRIBUTE_RE.match(path.name)
+                if match and match.group(1) in ATTRIBUTE_GROUPS:
+                    attributes.setdefault(match.group(1), path)
+    if not timeseries:
+        raise UserError(
+            f"no CAMELS_GB_hydromet_timeseries_<id>_<dates>.csv files under {root} (looked in "
+            "timeseries/, CAMELS_GB_timeseries/ and the folder itself); point --data_dir at the "
+            f"CAMELS-GB download (https://doi.org/{CAMELS_GB_DOI}) or use --demo"
+        )
+    if not attributes:
+        raise UserError(
+            f"no CAMELS_GB_<group>_attributes.csv files under {root} (looked in attributes/, "
+            "CAMELS_GB_static/ and the folder itself); the static attribute tables are needed"
+        )
+    return CamelsGBSource(root, timeseries, attributes, (root / SYNTHETIC_MARKER).is_file())
+
+
+# --------------------------------------------------------------------------- reading and checking
+
+
+def read_timeseries(
+    path: Path, basin: str, columns: Sequence[str]
+) -> tuple[np.datetime64, np.ndarray]:
+    """Read and check one hydromet timeseries CSV.
+
+    Parameters
+    ----------
+    path : Path
+        The CSV file.
+    basin : str
+        Gauge id, for messages.
+    columns : sequence of str
+        Numeric columns to return, in this order.
+
+    Returns
+    -------
+    start : numpy.datetime64
+        First date (day resolution); rows are contiguous days from here.
+    values : numpy.ndarray
+        ``[T, len(columns)]`` float32, NaN where missing (missing dates become NaN rows).
+
+    Raises
+    ------
+    UserError
+        Missing columns, non-numeric values, unparseable or duplicated dates, an empty file.
+    """
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} (basin {basin}) is not a readable CSV: {err}") from None
+    missing = [c for c in ("date", *columns) if c not in frame.columns]
+    if missing:
+        raise UserError(
+            f"{path} (basin {basin}) has no column(s) {', '.join(missing)}; a CAMELS-GB "
+            "timeseries needs them (or remove them from DYNAMIC_INPUTS/TARGET)"
+        )
+    if frame.empty:
+        raise UserError(f"{path} (basin {basin}) holds no rows")
+    dates = pd.to_datetime(frame["date"], format="%Y-%m-%d", errors="coerce")
+    if dates.isna().any():
+        row = int(np.flatnonzero(dates.isna().to_numpy())[0])
+        raise UserError(
+            f"{path} (basin {basin}) line {row + 2}: date {frame['date'].iloc[row]!r} is not "
+            "YYYY-MM-DD; fix or remove that row"
+        )
+    if dates.duplicated().any():
+        dup = dates[dates.duplicated()].iloc[0].date()
+        raise UserError(f"{path} (basin {basin}) has the date {dup} twice; keep one row per day")
+    values = np.empty((len(frame), len(columns)), dtype=np.float32)
+    for j, col in enumerate(columns):
+        raw = frame[col].str.strip()
+        num = pd.to_numeric(raw, errors="coerce")
+        bad = num.isna() & ~raw.str.lower().isin(("nan", "", "na"))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise UserError(
+                f"{path} (basin {basin}) line {row + 2}: column {col} holds "
+                f"{frame[col].iloc[row]!r}, which is not a number (write NaN for a missing value)"
+            )
+        values[:, j] = num.to_numpy(dtype=np.float32)
+    days = dates.to_numpy().astype("datetime64[D]")
+    order = np.argsort(days, kind="stable")
+    days, values = days[order], values[order]
+    start = days[0]
+    span = int((days[-1] - start).astype(int)) + 1
+    if span != len(days):
+        log.warning(
+            "%s (basin %s): %d missing dates filled as missing values",
+            path.name,
+            basin,
+            span - len(days),
+        )
+        full = np.full((span, len(columns)), np.nan, dtype=np.float32)
+        full[(days - start).astype(int)] = values
+        values = full
+    return start, values
+
+
+def read_attributes(source: CamelsGBSource) -> pd.DataFrame:
+    """Join all attribute tables of ``source`` into one frame indexed by gauge id (str)."""
+    frames = []
+    for group in ATTRIBUTE_GROUPS:
+        path = source.attributes.get(group)
+        if path is None:
+            continue
+        try:
+            frame = pd.read_csv(path, dtype={"gauge_id": str})
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise UserError(f"attribute table {path} is not a readable CSV: {err}") from None
+        if "gauge_id" not in frame.columns:
+            raise UserError(f"attribute table {path} has no gauge_id column")
+        frame["gauge_id"] = frame["gauge_id"].str.strip()
+        if frame["gauge_id"].duplicated().any():
+            dup = frame.loc[frame["gauge_id"].duplicated(), "gauge_id"].iloc[0]
+            raise UserError(f"attribute table {path} lists gauge {dup} twice")
+        frames.append(frame.set_index("gauge_id"))
+    table = pd.concat(frames, axis=1, join="outer")
+    return table.loc[:, ~table.columns.duplicated()]
+
+
+def static_matrix(
+    table: pd.DataFrame, basins: Sequence[str], attributes: Sequence[str]
+) -> np.ndarray:
+    """Return ``[len(basins), len(attributes)]`` float64 of the chosen attributes.
+
+    Raises
+    ------
+    UserError
+        An unknown attribute, a non-numeric one, or a basin without a value for it.
+    """
+    unknown = [a for a in attributes if a not in table.columns]
+    if unknown:
+        raise UserError(
+            f"static attribute(s) {', '.join(unknown)} are in none of the attribute tables; "
+            "fix STATIC_ATTRIBUTES in run.config"
+        )
+    rows = [b for b in basins if b not in table.index]
+    if rows:
+        raise UserError(f"basin(s) {', '.join(rows)} are missing from the attribute tables")
+    sub = table.loc[list(basins), list(attributes)]
+    out = np.empty(sub.shape, dtype=np.float64)
+    for j, attr in enumerate(attributes):
+        col = pd.to_numeric(sub[attr], errors="coerce")
+        if col.isna().any():
+            basin = col.index[col.isna()][0]
+            raise UserError(
+                f"basin {basin} has no numeric value for static attribute {attr}; drop the "
+                "basin from the basin lists or the attribute from STATIC_ATTRIBUTES"
+            )
+        out[:, j] = col.to_numpy()
+    return out
+
+
+# --------------------------------------------------------------------------- model input data
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class BasinData:
+    """One catchment's daily series (unscaled) and metadata.
+
+    Attributes
+    ----------
+    basin : str
+        Gauge id.
+    start : numpy.datetime64
+        Date of row 0; rows are contiguous days.
+    values : numpy.ndarray
+        ``[T, len(columns)]`` float32, physical units, NaN where missing.
+    columns : tuple of str
+        Column names of ``values``.
+    name : str
+        Gauge name from the topographic attributes.
+    area : float
+        Catchment area in km² (for m³/s).
+    """
+
+    basin: str
+    start: np.datetime64
+    values: np.ndarray
+    columns: tuple[str, ...]
+    name: str = ""
+    area: float = float("nan")
+
+    @property
+    def end(self) -> np.datetime64:
+        return self.start + np.timedelta64(len(self.values) - 1, "D")
+
+    def column(self, name: str) -> np.ndarray:
+        return self.values[:, self.columns.index(name)]
+
+    def dates(self) -> np.ndarray:
+        return self.start + np.arange(len(self.values)).astype("timedelta64[D]")
+
+
+@dataclass
+class InputData:
+    """Checked series of the requested basins plus the attribute table of the data folder."""
+
+    source: CamelsGBSource
+    basins: dict[str, BasinData]
+    attributes: pd.DataFrame
+    input_dir: Path
+
+    @property
+    def synthetic(self) -> bool:
+        return self.source.synthetic
+
+
+def input_columns(config: dict) -> tuple[str, ...]:
+    """Timeseries columns the model input data holds: the dynamic inputs and the target."""
+    cols = list(dict.fromkeys([*config["DYNAMIC_INPUTS"], config["TARGET"]]))
+    unknown = [c for c in cols if c not in TIMESERIES_COLUMNS]
+    if unknown:
+        raise UserError(
+            f"{', '.join(unknown)} is not a CAMELS-GB timeseries column; choose from "
+            f"{', '.join(TIMESERIES_COLUMNS)}"
+        )
+    return tuple(cols)
+
+
+def input_dir_for(config: dict, source_root: Path) -> Path:
+    """The model input data folder of one data folder: INPUT_DIR/<name>-<hash of its path>."""
+    base = Path(config["INPUT_DIR"])
+    base = base if base.is_absolute() else ROOT / base
+    key = hashlib.md5(str(Path(source_root).resolve()).encode()).hexdigest()[:8]
+    return base / f"{Path(source_root).resolve().name}-{key}"
+
+
+def _build_basin(job: tuple[str, str, tuple[str, ...], str, str]) -> dict:
+    """Worker: read one CSV and write ``<id>.npz`` plus its ``<id>.json`` record atomically."""
+    basin, csv_path, columns, target_name, out_dir = job
+    csv_path, out = Path(csv_path), Path(out_dir)
+    digest = _md5(csv_path)
+    start, values = read_timeseries(csv_path, basin, columns)
+    tmp = out / f".{basin}.{os.getpid()}.npz"
+    try:
+        np.savez(tmp, values=values)
+        os.replace(tmp, out / f"{basin}.npz")
+    except BaseException:  # a full disk or an interrupt must not leave the temporary file
+        tmp.unlink(missing_ok=True)
+        raise
+    target = values[:, columns.index(target_name)]
+    record = {
+        "format": INPUT_FORMAT,
+        "basin": basin,
+        "source": str(csv_path.resolve()),
+        "md5": digest,
+        "columns": list(columns),
+        "start": str(start),
+        "n_days": int(len(values)),
+        "missing": {c: int(np.isnan(values[:, j]).sum()) for j, c in enumerate(columns)},
+        "target_missing_fraction": float(np.isnan(target).mean()),
+    }
+    atomic_write_text(out / f"{basin}.json", json.dumps(record, indent=1))
+    return record
+
+
+def _record_is_current(
+    out: Path, basin: str, csv_path: Path, columns: tuple[str, ...]
+) -> dict | None:
+    try:
+        record = json.loads((out / f"{basin}.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if not (out / f"{basin}.npz").is_file():
+        return None
+    same = (
+        record.get("format") == INPUT_FORMAT
+        and record.get("columns") == list(columns)
+        and record.get("source") == str(csv_path.resolve())
+        and record.get("md5") == _md5(csv_path)
+    )
+    return record if same else None
+
+
+def prepare_input_data(
+    config: dict,
+    source: CamelsGBSource,
+    basins: Sequence[str],
+    workers: int = 1,
+    overwrite: bool = False,
+) -> tuple[Path, dict[str, dict], list[str]]:
+    """Write (or reuse) the model input data of ``basins``.
+
+    Each basin becomes ``<id>.npz`` (values ``[T, C]`` float32) and ``<id>.json`` (source file,
+    its MD5, columns, start, counts of missing values) under :func:`input_dir_for`. A basin whose
+    record matches the source file's hash and the chosen columns is reused; otherwise rebuilt.
+
+    Returns
+    -------
+    out : Path
+        The model input data folder.
+    records : dict
+        Basin -> its record.
+    rebuilt : list of str
+        Basins that were (re)written this call.
+    """
+    basins = source.check_basins(basins)
+    columns = input_columns(config)
+    out = input_dir_for(config, source.root)
+    out.mkdir(parents=True, exist_ok=True)
+    records, todo = {}, []
+    for basin in basins:
+        record = (
+            None if overwrite else _record_is_current(out, basin, source.timeseries[basin], columns)
+        )
+        if record is None:
+            todo.append((basin, str(source.timeseries[basin]), columns, config["TARGET"], str(out)))
+        else:
+            records[basin] = record
+    if todo:
+        bar = progress(total=len(todo), desc="processing basins", unit="basin")
+        if workers > 1 and len(todo) > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for record in pool.map(_build_basin, todo, chunksize=max(1, len(todo) // 64)):
+                    records[record["basin"]] = record
+                    bar.update()
+        else:
+            for job in todo:
+                record = _build_basin(job)
+                records[record["basin"]] = record
+                bar.update()
+        bar.close()
+    return out, records, [job[0] for job in todo]
+
+
+def load_input_data(
+    config: dict,
+    data_dir: Path,
+    basins: Sequence[str],
+    workers: int = 1,
+) -> InputData:
+    """Load the checked series of ``basins`` (building the model input data where needed)."""
+    source = find_source(data_dir)
+    basins = list(dict.fromkeys(source.check_basins(basins)))
+    if source.synthetic:
+        log.warning("data in %s is SYNTHETIC demo data, not CAMELS-GB", source.root)
+    out, records, rebuilt = prepare_input_data(config, source, basins, workers=workers)
+    if rebuilt:
+        log.info("model input data written for %d basin(s) in %s", len(rebuilt), out)
+    table = read_attributes(source)
+    data = {}
+    for basin in basins:
+        with np.load(out / f"{basin}.npz") as npz:
+            values = npz["values"]
+        record = records[basin]
+        name, area = "", float("nan")
+        if basin in table.index:
+            name = str(table.at[basin, "gauge_name"]) if "gauge_name" in table else ""
+            area = (
+                float(pd.to_numeric(table.at[basin, "area"], errors="coerce"))
+                if "area" in table
+                else area
+            )
+        data[basin] = BasinData(
+            basin, np.datetime64(record["start"], "D"), values, tuple(record["columns"]), name, area
+        )
+    return InputData(source, data, table, out)
+
+
+# --------------------------------------------------------------------------- features and scalers
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What goes into a sample and what comes out.
+
+    Attributes
+    ----------
+    dynamic_inputs : tuple of str
+        Forcing columns.
+    static_attributes : tuple of str
+        Static attribute columns.
+    target : str
+        Target column (``discharge_spec``, mm/day).
+    mode : str
+        ``forecast`` or ``simulate``.
+    seq_len, pred_len, predict_last_n : int
+        Window length, lead days (forecast) and trailing days scored per window (simulate).
+    use_forcings : bool
+        False gives a discharge-history-only model (PSO-LSTM ``--inputs q``).
+    """
+
+    dynamic_inputs: tuple[str, ...]
+    static_attributes: tuple[str, ...]
+    target: str
+    mode: str
+    seq_len: int
+    pred_len: int = 1
+    predict_last_n: int = 1
+    use_forcings: bool = True
+
+    @classmethod
+    def from_config(cls, config: dict) -> FeatureSpec:
+        leaky = sorted(set(config["STATIC_ATTRIBUTES"]) & DISCHARGE_SIGNATURES)
+        if leaky:
+            log.warning("static attributes %s derive from observed discharge", ", ".join(leaky))
+        return cls(
+            tuple(config["DYNAMIC_INPUTS"]),
+            tuple(config["STATIC_ATTRIBUTES"]),
+            config["TARGET"],
+            config["MODE"],
+            config["SEQ_LEN"],
+            config["PRED_LEN"],
+            config["PREDICT_LAST_N"],
+        )
+
+    @property
+    def forcings(self) -> tuple[str, ...]:
+        return self.dynamic_inputs if self.use_forcings else ()
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """Names of the model's input channels, in order."""
+        lagged = (Q_LAG, Q_MISSING) if self.mode == "forecast" else ()
+        return self.forcings + lagged
+
+    @property
+    def n_out(self) -> int:
+        """Targets per sample: PRED_LEN leads (forecast) or PREDICT_LAST_N days (simulate)."""
+        return self.pred_len if self.mode == "forecast" else self.predict_last_n
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FeatureSpec:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def check(self, data: InputData) -> None:
+        """Raise UserError when ``data`` does not offer what this spec needs."""
+        for basin in data.basins.values():
+            missing = [c for c in (*self.forcings, self.target) if c not in basin.columns]
+            if missing:
+                raise UserError(
+                    f"the model needs input column(s) {', '.join(missing)} that the data of basin "
+                    f"{basin.basin} does not hold; use the inputs the model was trained with"
+                )
+
+
+@dataclass
+class Scalers:
+    """Means and standard deviations, fitted on the training basins in the training period only.
+
+    Stored as plain floats so checkpoints hold no NumPy objects; reused unchanged everywhere.
+    """
+
+    dynamic_mean: list[float]
+    dynamic_std: list[float]
+    static_mean: list[float]
+    static_std: list[float]
+    target_mean: float
+    target_std: float
+    fitted_on: dict = field(default_factory=dict)
+
+    @classmethod
+    def fit(
+        cls,
+        data: InputData,
+        spec: FeatureSpec,
+        basins: Sequence[str],
+        start: np.datetime64,
+        end: np.datetime64,
+    ) -> Scalers:
+        """Fit on ``basins`` over ``start``..``end`` (days outside the period are never seen)."""
+        dyn, tgt = [], []
+        for basin in basins:
+            b = data.basins[basin]
+            i0 = max(0, int((start - b.start).astype(int)))
+            i1 = min(len(b.values), int((end - b.start).astype(int)) + 1)
+            if i1 <= i0:
+                continue
+            dyn.append(np.stack([b.column(c)[i0:i1] for c in spec.dynamic_inputs], axis=1))
+            tgt.append(b.column(spec.target)[i0:i1])
+        if not dyn:
+            raise UserError(
+                f"no data of the training basins {', '.join(basins)} falls in the training period "
+                f"{start}..{end}; change TRAIN_START/TRAIN_END or the basins"
+            )
+        dyn_all, tgt_all = (
+            np.concatenate(dyn).astype(np.float64),
+            np.concatenate(tgt).astype(np.float64),
+        )
+        if not np.isfinite(tgt_all).any():
+            raise UserError(f"the training basins have no observed {spec.target} in {start}..{end}")
+        stat = static_matrix(data.attributes, basins, spec.static_attributes)
+
+        def safe_std(x: np.ndarray) -> np.ndarray:
+            # A constant feature (e.g. reservoir_cap = 0 in every training basin) keeps scale 1.
+            s = np.nanstd(x, axis=0)
+            return np.where(np.isfinite(s) & (s > 1e-8), s, 1.0)
+
+        return cls(
+            np.nanmean(dyn_all, axis=0).tolist(),
+            safe_std(dyn_all).tolist(),
+            stat.mean(axis=0).tolist(),
+            safe_std(stat).tolist(),
+            float(np.nanmean(tgt_all)),
+            float(safe_std(tgt_all)),
+            {"basins": list(basins), "start": str(start), "end": str(end)},
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Scalers:
+        return cls(**data)
+
+    def scale_target(self, q: np.ndarray) -> np.ndarray:
+        return (q - self.target_mean) / self.target_std
+
+    def unscale_target(self, y):
+        """Scaled model output -> target units (mm/day)."""
+        return y * self.target_std + self.target_mean
+
+
+def block_end(start: np.datetime64, end: np.datetime64, ratio: float) -> np.datetime64:
+    """Last day of the first ``ratio`` share of ``start``..``end`` (split by time, not random)."""
+    days = int((end - start).astype(int)) + 1
+    return start + np.timedelta64(max(0, int(days * ratio) - 1), "D")
+
+
+# --------------------------------------------------------------------------- windows
+
+
+class WindowData:
+    """All windows of some basins whose targets fall in one period, as tensors.
+
+    This is the resident data path: the scaled series of every basin sit in one tensor on the
+    training device, and a batch is gathered with tensor indexing, with no per-sample Python.
+
+    Parameters
+    ----------
+    data : InputData
+        Loaded series.
+    spec : FeatureSpec
+        Channels, mode and window sizes.
+    scalers : Scalers
+        Fitted on the training data; applied unchanged.
+    basins : sequence of str
+        Basins to draw windows from.
+    start, end : numpy.datetime64
+        Period the target days must fall in (inputs may reach back before ``start``).
+    need_target : bool
+        True (training, scoring): keep windows with at least one observed target in the period.
+        False (prediction): keep every window with complete inputs, observed or not, including
+        forecasts past the last observation.
+    device : str or torch.device
+        Where the tensors live.
+    stride : int
+        Keep every ``stride``-th window (counted back from the period's end). With
+        ``stride == PREDICT_LAST_N`` in simulate mode every day is predicted exactly once.
+
+    Notes
+    -----
+    A window ending on day t holds inputs of days t-L+1..t. Its targets are Q_{t-N+1..t}
+    (simulate, N = PREDICT_LAST_N) or Q_{t+1..t+P} (forecast). Missing targets are masked in
+    ``y_mask``, never filled. In forecast mode the lagged discharge channel is 0 (the training
+    mean) where unobserved, and the ``discharge_lag_missing`` channel is 1 there.
+    """
+
+    def __init__(
+        self,
+        data: InputData,
+        spec: FeatureSpec,
+        scalers: Scalers,
+        basins: Sequence[str],
+        start: np.datetime64,
+        end: np.datetime64,
+        need_target: bool = True,
+        device="cpu",
+        stride: int = 1,
+    ) -> None:
+        import torch
+
+        self.spec, self.scalers, self.basins = spec, scalers, list(basins)
+        self.start, self.end = np.datetime64(start, "D"), np.datetime64(end, "D")
+        spec.check(data)
+        L, pad = spec.seq_len, spec.pred_len if spec.mode == "forecast" else 0
+        xs, ys, ends, owners, masks, periods, day0 = [], [], [], [], [], [], []
+        offset = 0
+        fmean = np.array(
+            [scalers.dynamic_mean[spec.dynamic_inputs.index(c)] for c in spec.forcings]
+        )
+        fstd = np.array([scalers.dynamic_std[spec.dynamic_inputs.index(c)] for c in spec.forcings])
+        for k, basin in enumerate(self.basins):
+            b = data.basins[basin]
+            if b.end < self.start or b.start > self.end:
+                raise UserError(
+                    f"the period {self.start}..{self.end} lies outside the data of basin {basin} "
+                    f"({b.start}..{b.end}); choose dates inside it"
+                )
+            T = len(b.values)
+            forc = (
+                np.stack([b.column(c) for c in spec.forcings], axis=1)
+                if spec.forcings
+                else (np.zeros((T, 0), np.float32))
+            )
+            forc = ((forc - fmean) / fstd).astype(np.float32)
+            q = scalers.scale_target(b.column(spec.target).astype(np.float64)).astype(np.float32)
+            q_seen = np.isfinite(q)
+            ok = np.isfinite(forc).all(axis=1)
+            if spec.mode == "forecast":
+                x = np.concatenate([forc, np.where(q_seen, q, 0)[:, None], (~q_seen)[:, None]], 1)
+            else:
+                x = forc
+            x = np.nan_to_num(x, nan=0.0).astype(np.float32)
+            # Forecasts can reach past the last row: pad P rows of missing inputs and targets.
+            x = np.concatenate([x, np.zeros((pad, x.shape[1]), np.float32)])
+            q = np.concatenate([q, np.full(pad, np.nan, np.float32)])
+            ok = np.concatenate([ok, np.zeros(pad, bool)])
+            # Window ending at t is complete when no bad day lies in t-L+1..t.
+            bad = np.concatenate([[0], np.cumsum(~ok)])
+            t = np.arange(L - 1, T)
+            complete = (bad[t + 1] - bad[t + 1 - L]) == 0
+            dates = b.start + np.arange(T + pad).astype("timedelta64[D]")
+            if spec.mode == "forecast":
+                target_rows = t[:, None] + np.arange(1, spec.pred_len + 1)
+            else:
+                target_rows = t[:, None] + np.arange(-spec.predict_last_n + 1, 1)
+            in_period = (dates[target_rows] >= self.start) & (dates[target_rows] <= self.end)
+            observed = np.isfinite(q[target_rows]) & in_period
+            if need_target:
+                keep = complete & observed.any(axis=1)
+            else:
+                first = dates[target_rows[:, -1 if spec.mode == "simulate" else 0]]
+                keep = complete & (first >= self.start) & (first <= self.end)
+            if stride > 1:
+                last = int((min(self.end, b.end + pad) - b.start).astype(int))
+                keep &= (last - t) % stride == 0
+            xs.append(x)
+            ys.append(np.nan_to_num(q, nan=0.0))
+            ends.append(offset + t[keep])
+            owners.append(np.full(int(keep.sum()), k))
+            masks.append(observed[keep])
+            periods.append(in_period[keep])
+            day0.append(b.start)
+            offset += len(x)
+        self.n_samples_per_basin = [len(e) for e in ends]
+        empty = [b for b, n in zip(self.basins, self.n_samples_per_basin, strict=True) if n == 0]
+        if need_target and empty:
+            raise UserError(
+                f"basin(s) {', '.join(empty)} have no complete window with observed {spec.target} "
+                f"in {self.start}..{self.end}; choose another period or drop them"
+            )
+        stat = static_matrix(data.attributes, self.basins, spec.static_attributes)
+        stat = (stat - np.array(scalers.static_mean)) / np.array(scalers.static_std)
+        self.basin_start = np.array(day0, dtype="datetime64[D]")
+        self.row_offset = np.cumsum([0] + [len(x) for x in xs])[:-1]
+        self.device = torch.device(device)
+        self.x = torch.from_numpy(np.concatenate(xs)).to(self.device)  # [N, C]
+        self.y = torch.from_numpy(np.concatenate(ys)).to(self.device)  # [N]
+        self.static = torch.from_numpy(stat.astype(np.float32)).to(self.device)  # [n_basins, S]
+        self.sample_end = torch.from_numpy(np.concatenate(ends).astype(np.int64)).to(self.device)
+        self.sample_basin = torch.from_numpy(np.concatenate(owners).astype(np.int64)).to(
+            self.device
+        )
+        self.y_mask = torch.from_numpy(np.concatenate(masks)).to(self.device)  # [S, n_out]
+        self.in_period = np.concatenate(periods)  # [S, n_out] bool: target day inside the period
+        self._window = torch.arange(-L + 1, 1, device=self.device)
+        if spec.mode == "forecast":
+            self._targets = torch.arange(1, spec.pred_len + 1, device=self.device)
+        else:
+            self._targets = torch.arange(-spec.predict_last_n + 1, 1, device=self.device)
+
+    def __len__(self) -> int:
+        return int(self.sample_end.numel())
+
+    def subsample(self, n: int, seed: int = 0) -> None:
+        """Keep a random ``n`` of the samples (smoke tests, ``--dry-run``)."""
+        import torch
+
+        keep = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        keep = keep.sort().values.to(self.device)
+        self.sample_end, self.sample_basin = self.sample_end[keep], self.sample_basin[keep]
+        self.y_mask = self.y_mask[keep]
+        self.in_period = self.in_period[keep.cpu().numpy()]
+
+    def batch(self, idx) -> dict:
+        """Gather samples ``idx`` (LongTensor on this device).
+
+        Returns
+        -------
+        dict
+            x ``[B, L, C]``, static ``[B, S]``, y ``[B, n_out]`` (scaled; 0 where unobserved),
+            y_mask ``[B, n_out]`` bool, basin ``[B]`` (index into ``self.basins``).
+        """
+        end = self.sample_end[idx]
+        return {
+            "x": self.x[end[:, None] + self._window],
+            "static": self.static[self.sample_basin[idx]],
+            "y": self.y[end[:, None] + self._targets],
+            "y_mask": self.y_mask[idx],
+            "basin": self.sample_basin[idx],
+        }
+
+    def iter_batches(
+        self, batch_size: int, shuffle: bool = False, generator=None, limit: int = 0
+    ) -> Iterator[dict]:
+        """Yield batches over all samples (a random order when ``shuffle``).
+
+        ``limit`` > 0 with ``shuffle`` draws that many random samples (SAMPLES_PER_EPOCH).
+        """
+        import torch
+
+        n = len(self)
+        if shuffle:
+            order = torch.randperm(n, generator=generator).to(self.device)
+            if 0 < limit < n:
+                order = order[:limit]
+        else:
+            order = torch.arange(n, device=self.device)
+        for i in range(0, len(order), batch_size):
+            yield self.batch(order[i : i + batch_size])
+
+    def basin_target_std(self) -> torch.Tensor:  # noqa: F821
+        """σ_b of each basin's scaled observed targets in this set: ``[n_basins]``.
+
+        Used for the NSE* loss of Kratzert et al. (2019, HESS 23, 5089), weight 1/(σ_b + 0.1)².
+        """
+        import torch
+
+        out = torch.ones(len(self.basins), device=self.device)
+        for k in range(len(self.basins)):
+            sel = self.sample_basin == k
+            if not bool(sel.any()):
+                continue
+            y = self.y[self.sample_end[sel][:, None] + self._targets][self.y_mask[sel]]
+            if y.numel() > 1:
+                out[k] = y.std()
+        return out
+
+    def sample_dates(self) -> np.ndarray:
+        """Date of the last input day of each sample (``[S]`` datetime64[D])."""
+        end = self.sample_end.cpu().numpy()
+        owner = self.sample_basin.cpu().numpy()
+        return self.basin_start[owner] + (end - self.row_offset[owner]).astype("timedelta64[D]")
+
+    def target_dates(self) -> np.ndarray:
+        """Dates of each sample's targets: ``[S, n_out]`` datetime64[D]."""
+        return self.sample_dates()[:, None] + self._targets.cpu().numpy().astype("timedelta64[D]")
+
+    def to_dataset(self) -> CamelsGBDataset:
+        """The same samples as a map-style torch Dataset (the streaming path)."""
+        return CamelsGBDataset(self)
+
+
+try:
+    from torch.utils.data import Dataset as _TorchDataset
+except ImportError:  # pragma: no cover - torch is a hard dependency, this keeps import cheap
+    _TorchDataset = object
+
+
+class CamelsGBDataset(_TorchDataset):
+    """Map-style dataset over the samples of a CPU :class:`WindowData`, for a torch DataLoader.
+
+    The streaming path (DATA_PATH: stream) uses it with NUM_WORKERS, PIN_MEMORY, PREFETCH_FACTOR
+    and PERSISTENT_WORKERS; items match :meth:`WindowData.batch` for one sample.
+    """
+
+    def __init__(self, windows: WindowData) -> None:
+        if windows.device.type != "cpu":
+            raise ValueError("CamelsGBDataset reads CPU tensors; build the WindowData on the CPU")
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict:
+        import torch
+
+        item = self.windows.batch(torch.tensor([i]))
+        return {k: v[0] for k, v in item.items()}

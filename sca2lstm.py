@@ -1,0 +1,701 @@
+"""SCA2LSTM: static-conditioned channel attention between two LSTM stages, and its multi-basin
+pretraining on CAMELS-GB.
+
+Usage::
+
+    python sca2lstm.py --demo --epochs 2                  # synthetic data, a quick check
+    python sca2lstm.py --epochs 60 --data_dir /data/CAMELS_GB
+    python sca2lstm.py --mode simulate --seq_len 365 --set PREDICT_LAST_N=30
+
+In a notebook::
+
+    from sca2lstm import SCA2LSTM, load_config
+    model = SCA2LSTM(load_config())            # or SCA2LSTM.from_checkpoint(path)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hydrologyDataset import (
+    FeatureSpec,
+    InputData,
+    Scalers,
+    WindowData,
+    load_input_data,
+    resolve_data_dir,
+)
+from utils import (
+    ROOT,
+    TrainSettings,
+    UserError,
+    add_common_args,
+    close_log_files,
+    csv_list,
+    fit,
+    load_checkpoint,
+    load_config,
+    log,
+    make_run_dir,
+    period,
+    positive_int,
+    predict_windows,
+    resolve_device,
+    run_cli,
+    save_checkpoint,
+    save_figure,
+    seed_everything,
+    setup_logging,
+    write_csv,
+    write_yaml,
+)
+
+__all__ = ["SCA2LSTM", "ModelArgs", "load_config", "pretrain", "main"]
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """Hyperparameters of :class:`SCA2LSTM` (saved in every checkpoint).
+
+    Attributes
+    ----------
+    n_dynamic : int
+        Input channels C (forcings, plus lagged discharge and its missing flag in forecast mode).
+    n_static : int
+        Static attributes S.
+    hidden : int
+        LSTM_HIDDEN_DIM.
+    num_layers : int
+        NUM_LAYERS of each LSTM stage.
+    dropout : float
+        DROPOUT between LSTM layers and before the head.
+    embedding_dim : int
+        EMBEDDING_DIM of the static embedding.
+    pred_len : int
+        PRED_LEN outputs per prediction step.
+    mode : str
+        ``forecast`` (predict the change from the last observed discharge) or ``simulate``.
+    q_channel, q_flag_channel : int
+        Channels of the lagged discharge and of its missing flag (-1 in simulate mode).
+    """
+
+    n_dynamic: int
+    n_static: int
+    hidden: int = 64
+    num_layers: int = 2
+    dropout: float = 0.3
+    embedding_dim: int = 128
+    pred_len: int = 1
+    mode: str = "forecast"
+    q_channel: int = -1
+    q_flag_channel: int = -1
+
+    @classmethod
+    def from_config(cls, config: dict, spec: FeatureSpec | None = None) -> ModelArgs:
+        spec = spec or FeatureSpec.from_config(config)
+        channels = spec.channels
+        forecast = spec.mode == "forecast"
+        return cls(
+            n_dynamic=len(channels),
+            n_static=len(spec.static_attributes),
+            hidden=config["LSTM_HIDDEN_DIM"],
+            num_layers=config["NUM_LAYERS"],
+            dropout=config["DROPOUT"],
+            embedding_dim=config["EMBEDDING_DIM"],
+            pred_len=spec.pred_len if forecast else 1,
+            mode=spec.mode,
+            q_channel=len(channels) - 2 if forecast else -1,
+            q_flag_channel=len(channels) - 1 if forecast else -1,
+        )
+
+
+class SCA2LSTM(nn.Module):
+    """Static-conditioned channel attention + two LSTM stages.
+
+    Submodules carry the names of the freeze groups of ``fine_train.py``: ``embedding`` (MLP on
+    the scaled static attributes), ``lstm1`` (context stage over inputs and embedding),
+    ``weight_head`` (one weight per input channel and time step), ``lstm2`` (over the weighted
+    inputs, lstm1's states and the embedding) and ``head``.
+
+    Parameters
+    ----------
+    config : dict or ModelArgs
+        A config from :func:`load_config` (the model is sized from its keys) or ModelArgs.
+    """
+
+    def __init__(self, config: dict | ModelArgs) -> None:
+        super().__init__()
+        args = config if isinstance(config, ModelArgs) else ModelArgs.from_config(config)
+        self.args = args
+        C, S, E, H = args.n_dynamic, args.n_static, args.embedding_dim, args.hidden
+        inner_dropout = args.dropout if args.num_layers > 1 else 0.0
+        self.embedding = nn.Sequential(
+            nn.Linear(S, E), nn.ReLU(), nn.Dropout(args.dropout), nn.Linear(E, E), nn.Tanh()
+        )
+        self.lstm1 = nn.LSTM(C + E, H, args.num_layers, batch_first=True, dropout=inner_dropout)
+        self.weight_head = nn.Linear(H + E, C)
+        self.lstm2 = nn.LSTM(C + H + E, H, args.num_layers, batch_first=True, dropout=inner_dropout)
+        self.head = nn.Sequential(nn.Dropout(args.dropout), nn.Linear(H, args.pred_len))
+        # Zero logits: every channel weight starts at exactly 1.
+        nn.init.zeros_(self.weight_head.weight)
+        nn.init.zeros_(self.weight_head.bias)
+        if args.mode == "forecast":
+            # The head predicts the change from the last observation: untrained = persistence.
+            nn.init.zeros_(self.head[1].weight)
+            nn.init.zeros_(self.head[1].bias)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> SCA2LSTM:
+        """Rebuild a model (weights included) from any SCA2LSTM checkpoint of this toolkit."""
+        ckpt = load_checkpoint(path)
+        if ckpt["model_class"] != cls.__name__:
+            raise UserError(f"{path} holds a {ckpt['model_class']}, not an SCA2LSTM")
+        model = cls(ModelArgs(**ckpt["model_args"]))
+        model.load_state_dict(ckpt["model_state_dict"])
+        return model.to(map_location)
+
+    def channel_valid(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``[B, L, C]`` bool: False for the lagged-discharge channel on unobserved days."""
+        if self.args.q_flag_channel < 0:
+            return None
+        valid = torch.ones_like(x, dtype=torch.bool)
+        valid[..., self.args.q_channel] = x[..., self.args.q_flag_channel] < 0.5
+        return valid
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        static: torch.Tensor,
+        return_weights: bool = False,
+        n_last: int = 1,
+    ):
+        """Predict discharge (scaled units).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``[B, L, C]`` scaled inputs, days t-L+1..t.
+        static : torch.Tensor
+            ``[B, S]`` scaled static attributes.
+        return_weights : bool
+            Also return the channel weights ``[B, L, C]`` (mean 1 over valid channels).
+        n_last : int
+            Simulate mode: predict the last ``n_last`` days of the window.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, PRED_LEN]`` (forecast: Q at t+1..t+P) or ``[B, n_last]`` (simulate).
+        """
+        B, L, _ = x.shape
+        emb = self.embedding(static)  # [B, E]
+        emb_seq = emb[:, None, :].expand(B, L, emb.shape[-1])  # [B, L, E]
+        # States carry across the whole window (never reset per step).
+        h1, _ = self.lstm1(torch.cat([x, emb_seq], dim=-1))  # [B, L, H]
+        logits = self.weight_head(torch.cat([h1, emb_seq], dim=-1))  # [B, L, C]
+        valid = self.channel_valid(x)
+        if valid is None:
+            weights = torch.softmax(logits, dim=-1) * x.shape[-1]  # [B, L, C]
+        else:
+            logits = logits.masked_fill(~valid, float("-inf"))
+            n_valid = valid.sum(dim=-1, keepdim=True)  # [B, L, 1]
+            weights = torch.softmax(logits, dim=-1) * n_valid  # masked channels get 0
+        h2, _ = self.lstm2(torch.cat([x * weights, h1, emb_seq], dim=-1))  # [B, L, H]
+        if self.args.mode == "forecast":
+            delta = self.head(h2[:, -1])  # [B, P]
+            out = x[:, -1, self.args.q_channel, None] + delta  # [B, P]
+        else:
+            out = self.head(h2[:, -n_last:])[..., 0]  # [B, n_last]
+        return (out, weights) if return_weights else out
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def eval_stride(spec: FeatureSpec) -> int:
+    """Window stride that predicts every day once (simulate with PREDICT_LAST_N > 1)."""
+    return spec.predict_last_n if spec.mode == "simulate" else 1
+
+
+def checkpoint_payload(
+    model: SCA2LSTM,
+    config: dict,
+    spec: FeatureSpec,
+    scalers: Scalers,
+    data: InputData,
+    stage: str,
+    epoch: int,
+    metrics: dict,
+    parent: str | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """The self-contained checkpoint dict (tensors and plain Python types only)."""
+    state = {
+        k.removeprefix("module.").removeprefix("_orig_mod."): v.detach().cpu()
+        for k, v in model.state_dict().items()
+    }
+    return {
+        "model_class": type(model).__name__,
+        "model_args": asdict(model.args),
+        "model_state_dict": state,
+        "config": dict(config),
+        "scalers": scalers.to_dict(),
+        "features": spec.to_dict(),
+        "channels": list(spec.channels),
+        "basins": {k: list(config[k]) for k in ("TRAIN_BASINS", "VAL_BASINS", "TEST_BASINS")},
+        "stage": stage,
+        "epoch": int(epoch),
+        "metrics": metrics,
+        "parent": parent,
+        "synthetic_data": bool(data.synthetic),
+        "data_dir": str(data.source.root),
+        **(extra or {}),
+    }
+
+
+def basin_metrics_table(windows: WindowData, pred: np.ndarray, data: InputData, group: dict):
+    """Per-basin scores (physical units) as a DataFrame.
+
+    Forecast mode adds ``persistence_nse`` and ``skill_vs_persistence`` (1 − MSE_model /
+    MSE_persistence), both over the model's scored targets of every lead.
+    """
+    import pandas as pd
+
+    from utils import compute_metrics, mm_per_day_to_m3s, nse, series_by_basin
+
+    rows = []
+    for basin, s in series_by_basin(windows, pred).items():
+        b = data.basins[basin]
+        row = {"basin": basin, "gauge_name": b.name, "group": group.get(basin, "")}
+        row.update(compute_metrics(s["obs"], s["sim"]))
+        q_obs, q_sim = mm_per_day_to_m3s(s["obs"], b.area), mm_per_day_to_m3s(s["sim"], b.area)
+        row["rmse_m3s"] = compute_metrics(q_obs, q_sim)["rmse"]
+        row["mae_m3s"] = compute_metrics(q_obs, q_sim)["mae"]
+        if windows.spec.mode == "forecast":
+            # Persistence on the same scored targets: Q(d) predicted by Q(d - lead), the last
+            # observation when the forecast was issued.
+            offset = (s["date"] - b.start).astype(int) - s["lead"]
+            full = b.column(windows.spec.target).astype(np.float64)
+            prev = np.where(offset >= 0, full[offset.clip(0)], np.nan)
+            same = np.isfinite(s["obs"]) & np.isfinite(s["sim"]) & np.isfinite(prev)
+            obs = s["obs"][same]
+            row["persistence_nse"] = nse(obs, prev[same])
+            mse_persistence = np.mean((prev[same] - obs) ** 2) if same.any() else 0.0
+            row["skill_vs_persistence"] = (
+                1.0 - np.mean((s["sim"][same] - obs) ** 2) / mse_persistence
+                if mse_persistence > 0
+                else float("nan")
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- pretraining
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Pretrain SCA2LSTM on many CAMELS-GB basins (defaults from run.config).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--epochs", type=positive_int, help="N_EPOCHS")
+    parser.add_argument(
+        "--batch_size", type=positive_int, help="BATCH_SIZE (BATCH_SIZE_GPU on CUDA)"
+    )
+    parser.add_argument("--learning_rate", type=float, help="LR (LR_GPU on CUDA)")
+    parser.add_argument("--seed", type=int, help="SEED")
+    parser.add_argument("--mode", choices=("forecast", "simulate"), help="MODE")
+    parser.add_argument("--seq_len", type=positive_int, help="SEQ_LEN (days per input window)")
+    parser.add_argument("--pred_len", type=positive_int, help="PRED_LEN (forecast lead days)")
+    parser.add_argument("--train_basins", type=csv_list, help="TRAIN_BASINS, e.g. 32006,42003")
+    parser.add_argument("--val_basins", type=csv_list, help="VAL_BASINS")
+    parser.add_argument("--test_basins", type=csv_list, help="TEST_BASINS")
+    parser.add_argument("--accumulation_steps", type=positive_int, help="GRADIENT_ACCUMULATION")
+    parser.add_argument("--compile", action="store_true", help="USE_COMPILE on (CUDA)")
+    parser.add_argument("--mixed_precision", action="store_true", help="MIXED_PRECISION on (CUDA)")
+    parser.add_argument(
+        "--parallel",
+        action="store_true",
+        help="data-parallel training on all visible devices (one process per device via torchrun)",
+    )
+    parser.add_argument("--no_cuda", action="store_true", help="train on the CPU")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="RUN_DIR",
+        help="continue an interrupted run (default: the newest run folder)",
+    )
+    parser.add_argument("--demo", action="store_true", help="use the synthetic demo dataset")
+    parser.add_argument(
+        "--dry-run",
+        dest="dry_run",
+        action="store_true",
+        help="one epoch on few batches (smoke test)",
+    )
+    add_common_args(parser)
+    return parser
+
+
+def resolve_pretrain_config(args: argparse.Namespace) -> dict:
+    """run.config -> [pretrain] -> --config -> --set -> flags."""
+    flags = {
+        "N_EPOCHS": args.epochs,
+        "SEED": args.seed,
+        "MODE": args.mode,
+        "SEQ_LEN": args.seq_len,
+        "PRED_LEN": args.pred_len,
+        "TRAIN_BASINS": args.train_basins,
+        "VAL_BASINS": args.val_basins,
+        "TEST_BASINS": args.test_basins,
+        "GRADIENT_ACCUMULATION": args.accumulation_steps,
+        "OUTPUT_DIR": args.output_dir,
+    }
+    if args.batch_size:
+        flags["BATCH_SIZE"] = flags["BATCH_SIZE_GPU"] = args.batch_size
+    if args.learning_rate:
+        flags["LR"] = flags["LR_GPU"] = args.learning_rate
+    if args.compile:
+        flags["USE_COMPILE"] = True
+    if args.mixed_precision:
+        flags["MIXED_PRECISION"] = True
+    return load_config(args.config, stage="pretrain", overrides=args.set, flags=flags)
+
+
+def output_root(config: dict) -> Path:
+    out = Path(config["OUTPUT_DIR"])
+    return out if out.is_absolute() else ROOT / out
+
+
+def _find_resume(config: dict, value: str) -> Path:
+    runs = output_root(config) / "pretrain"
+    if value == "latest":
+        candidates = sorted(
+            (p for p in runs.glob("*") if (p / "last_model.pth").is_file()),
+            key=lambda p: p.stat().st_mtime,
+        )
+        if not candidates:
+            raise UserError(f"--resume: no run folder with last_model.pth under {runs}")
+        return candidates[-1]
+    path = Path(value)
+    if not (path / "last_model.pth").is_file():
+        raise UserError(f"--resume {value}: no last_model.pth in that folder; give a run folder")
+    return path
+
+
+def plot_training_curve(history: list[dict], path: Path, title: str) -> None:
+    """Training and validation loss, and validation NSE, per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="training loss (NSE*)")
+    ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation loss (NSE*)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (scaled units)")
+    ax2 = ax.twinx()
+    ax2.plot(
+        epochs,
+        [h["val_nse"] for h in history],
+        "^--",
+        color="tab:green",
+        label="validation median NSE",
+    )
+    ax2.set_ylabel("validation median NSE (-)")
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="best", fontsize=8)
+    ax.set_title(title)
+    save_figure(fig, path)
+
+
+def plot_channel_weights(table, path: Path, title: str) -> None:
+    """Heat map of the mean channel weight per basin (rows) and channel (columns)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = table.drop(columns=["basin", "gauge_name"]).to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * values.shape[1], 1.0 + 0.45 * len(table)))
+    image = ax.imshow(values, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(values.shape[1]), table.columns[2:], rotation=45, ha="right")
+    ax.set_yticks(
+        range(len(table)),
+        [f"{b} {n}"[:40] for b, n in zip(table.basin, table.gauge_name, strict=True)],
+    )
+    fig.colorbar(image, ax=ax, label="mean channel weight (1 = uniform)")
+    ax.set_title(title)
+    save_figure(fig, path)
+
+
+def channel_weight_table(model: SCA2LSTM, windows: WindowData, data: InputData, batch_size: int):
+    """Mean channel weight per basin over all windows and steps of ``windows``."""
+    import pandas as pd
+
+    _, weights = predict_windows(model, windows, batch_size=batch_size, return_weights=True)
+    owner = windows.sample_basin.cpu().numpy()
+    rows = []
+    for k, basin in enumerate(windows.basins):
+        mean = weights[owner == k].mean(axis=(0, 1))  # [C]
+        rows.append(
+            {
+                "basin": basin,
+                "gauge_name": data.basins[basin].name,
+                **dict(zip(windows.spec.channels, mean.tolist(), strict=True)),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def pretrain(
+    config: dict,
+    data_dir: Path,
+    device: torch.device,
+    run_dir: Path,
+    resume_dir: Path | None = None,
+    dry_run: bool = False,
+) -> dict:
+    """Train SCA2LSTM on TRAIN_BASINS, early-stop on VAL_BASINS, score on the test period.
+
+    Returns
+    -------
+    dict
+        ``run_dir``, ``checkpoint`` (best), ``history`` and per-basin ``metrics`` (DataFrame).
+    """
+    groups = {
+        "train": config["TRAIN_BASINS"],
+        "validation": config["VAL_BASINS"],
+        "test": config["TEST_BASINS"],
+    }
+    all_basins = list(dict.fromkeys(groups["train"] + groups["validation"] + groups["test"]))
+    data = load_input_data(config, data_dir, all_basins)
+    spec = FeatureSpec.from_config(config)
+    scalers = Scalers.fit(data, spec, groups["train"], *period(config, "train"))
+    resident = config["DATA_PATH"] == "resident"
+    win_device = device if resident else torch.device("cpu")
+    train = WindowData(
+        data, spec, scalers, groups["train"], *period(config, "train"), device=win_device
+    )
+    val = WindowData(
+        data,
+        spec,
+        scalers,
+        groups["validation"],
+        *period(config, "validation"),
+        device=device,
+        stride=eval_stride(spec),
+    )
+    if dry_run:
+        train.subsample(256, seed=0)
+        config["N_EPOCHS"] = 1
+    model = SCA2LSTM(ModelArgs.from_config(config, spec)).to(device)
+    settings = TrainSettings.from_config(config, device)
+    log.info(
+        "SCA2LSTM (%s mode, %d channels: %s; %d static attributes), %d trainable parameters",
+        spec.mode,
+        len(spec.channels),
+        ", ".join(spec.channels),
+        len(spec.static_attributes),
+        sum(p.numel() for p in model.parameters()),
+    )
+    log.info(
+        "training windows: %d from %d basins; validation windows: %d; device %s",
+        len(train),
+        len(groups["train"]),
+        len(val),
+        device,
+    )
+    if data.synthetic:
+        log.warning("training on SYNTHETIC demo data: scores say nothing about real catchments")
+
+    resume_state = None
+    if resume_dir is not None:
+        last = load_checkpoint(resume_dir / "last_model.pth")
+        if last.get("model_args") != asdict(model.args):
+            raise UserError(f"{resume_dir} was trained with another model shape; start a new run")
+        resume_state = last["training_state"]
+
+    def on_epoch(record, model_, is_best, state) -> None:
+        metrics = {"val_nse": record["val_nse"], "epoch": record["epoch"]}
+        extra = {"history": state["history"]}
+        if is_best:
+            save_checkpoint(
+                run_dir / "best_model.pth",
+                checkpoint_payload(
+                    model_,
+                    config,
+                    spec,
+                    scalers,
+                    data,
+                    "pretrain",
+                    record["epoch"],
+                    metrics,
+                    extra=extra,
+                ),
+            )
+        save_checkpoint(
+            run_dir / "last_model.pth",
+            checkpoint_payload(
+                model_,
+                config,
+                spec,
+                scalers,
+                data,
+                "pretrain",
+                record["epoch"],
+                metrics,
+                extra={**extra, "training_state": state},
+            ),
+        )
+        import pandas as pd
+
+        write_csv(run_dir / "history.csv", pd.DataFrame(state["history"]))
+
+    result = fit(model, train, val, settings, device, on_epoch=on_epoch, resume=resume_state)
+    plot_training_curve(
+        result.history,
+        run_dir / "training_curve.png",
+        f"SCA2LSTM pretraining ({spec.mode}, {len(groups['train'])} basins)",
+    )
+
+    # Score validation and test basins on the test period with the best weights.
+    scored = list(dict.fromkeys(groups["validation"] + groups["test"]))
+    group_of = {b: "validation" for b in groups["validation"]}
+    group_of.update({b: "test" for b in groups["test"]})
+    test = WindowData(
+        data,
+        spec,
+        scalers,
+        scored,
+        *period(config, "test"),
+        device=device,
+        stride=eval_stride(spec),
+    )
+    pred = predict_windows(model, test, batch_size=max(1024, settings.batch_size))
+    metrics = basin_metrics_table(test, pred, data, group_of)
+    if data.synthetic:
+        metrics.insert(0, "data", "SYNTHETIC")
+    write_csv(run_dir / "metrics_test_period.csv", metrics)
+    weights = channel_weight_table(model, test, data, max(1024, settings.batch_size))
+    write_csv(run_dir / "channel_weights.csv", weights)
+    plot_channel_weights(
+        weights, run_dir / "channel_weights.png", "SCA2LSTM mean channel weights, test period"
+    )
+    summary = {
+        "median_test_nse": float(np.nanmedian(metrics["nse"])),
+        "best_epoch": result.best_epoch,
+        "best_val_nse": result.best_score,
+    }
+    best = checkpoint_payload(
+        model,
+        config,
+        spec,
+        scalers,
+        data,
+        "pretrain",
+        result.best_epoch,
+        {**summary, "per_basin": metrics.to_dict(orient="records")},
+        extra={"history": result.history},
+    )
+    save_checkpoint(run_dir / "best_model.pth", best)
+    save_checkpoint(output_root(config) / "sca2lstm.pth", best)
+    for _, row in metrics.iterrows():
+        extra = (
+            f"  persistence NSE {row['persistence_nse']:.3f}" if "persistence_nse" in row else ""
+        )
+        log.info(
+            "test period  %s %-32s NSE %.3f  KGE %.3f  bias %+.1f%%%s",
+            row["basin"],
+            str(row["gauge_name"])[:32],
+            row["nse"],
+            row["kge"],
+            row["bias_pct"],
+            extra,
+        )
+    log.info(
+        "median test-period NSE %.3f; best epoch %d; checkpoint %s and %s",
+        summary["median_test_nse"],
+        result.best_epoch,
+        run_dir / "best_model.pth",
+        output_root(config) / "sca2lstm.pth",
+    )
+    return {
+        "run_dir": run_dir,
+        "checkpoint": run_dir / "best_model.pth",
+        "history": result.history,
+        "metrics": metrics,
+        "device": str(device),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Command-line entry point; returns what :func:`pretrain` returns."""
+    args = build_parser().parse_args(argv)
+    config = resolve_pretrain_config(args)
+    setup_logging()
+    data_dir = resolve_data_dir(args.data_dir, config, demo=args.demo)
+    device = resolve_device(args.device, args.no_cuda, config)
+    if args.parallel:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1:
+            raise UserError(
+                "--parallel under torchrun (several processes) is not available in this version; "
+                "run one process: python sca2lstm.py ..."
+            )
+        if world == 1:
+            n = torch.cuda.device_count() if device.type == "cuda" else 1
+            log.info(
+                "--parallel: %d device(s) visible; training in one process. For several "
+                "processes launch: torchrun --nproc_per_node=N sca2lstm.py --parallel ...",
+                n,
+            )
+    seed_everything(config["SEED"])
+    resume_dir = _find_resume(config, args.resume) if args.resume else None
+    if resume_dir is not None:
+        saved = load_checkpoint(resume_dir / "last_model.pth")["config"]
+        config = {**saved, "N_EPOCHS": config["N_EPOCHS"]}
+    # Everything is checked before the run folder exists, so bad input leaves nothing behind.
+    load_input_data(
+        config,
+        data_dir,
+        list(dict.fromkeys(config["TRAIN_BASINS"] + config["VAL_BASINS"] + config["TEST_BASINS"])),
+    )
+    run_dir = resume_dir or make_run_dir(output_root(config) / "pretrain")
+    setup_logging(run_dir / "train.log")
+    try:
+        log.info("run folder %s", run_dir)
+        write_yaml(run_dir / "config.yaml", config)
+        log.info("resolved config: %s", {k: config[k] for k in sorted(config)})
+        return pretrain(config, data_dir, device, run_dir, resume_dir, dry_run=args.dry_run)
+    except BaseException:
+        if not any(run_dir.iterdir()) or not (run_dir / "last_model.pth").exists():
+            close_log_files()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        close_log_files()
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,185 @@
+"""SCA2LSTM model behaviour, the NSE* loss, checkpoints and the pretraining CLI (demo data)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from demo_fixtures import demo_args, demo_dir, demo_workdir, pretrained_forecast  # noqa: F401
+
+import sca2lstm
+from sca2lstm import SCA2LSTM, ModelArgs, load_config
+from utils import UserError, load_checkpoint, nse_star_loss
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_args(**kw) -> ModelArgs:
+    base = dict(n_dynamic=9, n_static=4, hidden=8, num_layers=2, dropout=0.0, embedding_dim=6,
+                pred_len=2, mode="forecast", q_channel=7, q_flag_channel=8)
+    base.update(kw)
+    return ModelArgs(**base)
+
+
+def test_model_from_default_config_has_freeze_groups():
+    model = SCA2LSTM(load_config())
+    names = [name for name, _ in model.named_children()]
+    assert names == ["embedding", "lstm1", "weight_head", "lstm2", "head"]
+    assert model.args.n_dynamic == 9  # 7 forcings + lagged Q + its missing flag
+    assert model.args.n_static == len(load_config()["STATIC_ATTRIBUTES"])
+
+
+def test_untrained_forecast_model_is_persistence_and_weights_start_at_one():
+    torch.manual_seed(0)
+    model = SCA2LSTM(small_args()).eval()
+    x, static = torch.randn(5, 4, 9), torch.randn(5, 4)
+    x[..., 8] = 0.0
+    out, weights = model(x, static, return_weights=True)
+    assert out.shape == (5, 2)
+    assert torch.allclose(out, x[:, -1, 7:8].expand(5, 2))
+    assert weights.shape == (5, 4, 9)
+    assert torch.allclose(weights, torch.ones_like(weights))
+
+
+def test_missing_discharge_channel_is_masked_and_mean_weight_stays_one():
+    torch.manual_seed(0)
+    model = SCA2LSTM(small_args())
+    torch.nn.init.normal_(model.weight_head.weight)  # non-uniform weights
+    x = torch.randn(3, 5, 9)
+    x[..., 8] = 0.0
+    x[1, 2, 8] = 1.0  # lagged Q unobserved on step 2 of sample 1
+    x[1, 2, 7] = 0.0
+    _, w = model.eval()(x, torch.randn(3, 4), return_weights=True)
+    assert w[1, 2, 7] == 0
+    assert torch.allclose(w.sum(-1)[1, 2], torch.tensor(8.0))  # 8 valid channels, mean 1
+    assert torch.allclose(w.sum(-1)[0], torch.full((5,), 9.0))
+
+
+def test_states_carry_across_the_window():
+    # The first day of the window must influence the prediction (no per-step state reset).
+    torch.manual_seed(0)
+    model = SCA2LSTM(small_args(mode="simulate", n_dynamic=7, pred_len=1, q_channel=-1,
+                                q_flag_channel=-1)).eval()
+    x, static = torch.randn(2, 10, 7), torch.randn(2, 4)
+    base = model(x, static)
+    x2 = x.clone()
+    x2[:, 0] += 3.0
+    assert not torch.allclose(base, model(x2, static))
+    assert model(x, static, n_last=4).shape == (2, 4)
+    assert torch.allclose(model(x, static, n_last=4)[:, -1:], base)
+
+
+def test_nse_star_loss_weights_and_masks():
+    pred = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    y = torch.tensor([[0.0, 0.0], [1.0, 5.0]])
+    mask = torch.tensor([[True, False], [True, True]])
+    std = torch.tensor([0.9, 0.4])
+    # Masked target (2.0 vs 0.0) ignored; weights 1/(0.9+0.1)^2 = 1 and 1/(0.4+0.1)^2 = 4.
+    expected = (1.0 * 1 + 1.0 * 4 + 25.0 * 4) / 3
+    assert nse_star_loss(pred, y, mask, std).item() == pytest.approx(expected)
+
+
+def test_pretrain_outputs_and_checkpoint(pretrained_forecast):  # noqa: F811
+    run = pretrained_forecast.parent
+    for name in ("config.yaml", "train.log", "history.csv", "best_model.pth", "last_model.pth",
+                 "training_curve.png", "metrics_test_period.csv", "channel_weights.csv",
+                 "channel_weights.png"):
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    assert (run.parents[1] / "sca2lstm.pth").is_file()
+    ckpt = torch.load(pretrained_forecast, map_location="cpu", weights_only=True)
+    for key in ("model_state_dict", "model_args", "config", "scalers", "features", "channels",
+                "basins", "epoch", "metrics", "stage", "format_version"):
+        assert key in ckpt, key
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model_state_dict"])
+    assert ckpt["synthetic_data"] is True
+    metrics = pd.read_csv(run / "metrics_test_period.csv")
+    assert set(metrics["basin"].astype(str)) == set(ckpt["config"]["TEST_BASINS"]) | set(
+        ckpt["config"]["VAL_BASINS"])
+    for col in ("nse", "kge", "rmse", "mae", "r2", "bias_pct", "persistence_nse"):
+        assert metrics[col].notna().all(), col
+    history = pd.read_csv(run / "history.csv")
+    assert {"train_loss", "val_loss", "val_nse", "lr", "seconds", "samples_per_s"} <= set(history)
+
+
+def test_from_checkpoint_predicts_identically(pretrained_forecast):  # noqa: F811
+    ckpt = load_checkpoint(pretrained_forecast)
+    a = SCA2LSTM(ModelArgs(**ckpt["model_args"]))
+    a.load_state_dict(ckpt["model_state_dict"])
+    b = SCA2LSTM.from_checkpoint(pretrained_forecast)
+    x, s = torch.randn(4, 3, a.args.n_dynamic), torch.randn(4, a.args.n_static)
+    x[..., -1] = 0
+    assert torch.equal(a.eval()(x, s), b.eval()(x, s))
+
+
+def test_notebook_snippet_with_default_config(demo_dir, tmp_path):  # noqa: F811
+    out = sca2lstm.main(demo_args(demo_dir, tmp_path, "--dry-run", "--train_basins", "32006",
+                                  "--val_basins", "32006", "--test_basins", "22001"))
+    path = tmp_path / "model_output" / "sca2lstm.pth"
+    assert path.is_file() and out["checkpoint"].is_file()
+    config = load_config()
+    model = SCA2LSTM(config)
+    model.load_state_dict(torch.load(path)["model_state_dict"])
+    model.eval()
+
+
+def test_resume_continues_the_run(demo_dir, tmp_path):  # noqa: F811
+    args = demo_args(demo_dir, tmp_path, "--train_basins", "32006", "--val_basins", "32006",
+                     "--test_basins", "22001", "--set", "LSTM_HIDDEN_DIM=8",
+                     "--set", "EMBEDDING_DIM=4", "--set", "TRAIN_START=1990-01-01",
+                     "--set", "PATIENCE=0")
+    first = sca2lstm.main([*args, "--epochs", "1"])
+    resumed = sca2lstm.main([*args, "--epochs", "2", "--resume", str(first["run_dir"])])
+    assert resumed["run_dir"] == first["run_dir"]
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert len(list((tmp_path / "model_output" / "pretrain").iterdir())) == 1
+
+
+def test_simulate_mode_eval_predicts_each_day_once(demo_dir, tmp_path):  # noqa: F811
+    out = sca2lstm.main(demo_args(demo_dir, tmp_path, "--dry-run", "--mode", "simulate",
+                                  "--seq_len", "20", "--set", "PREDICT_LAST_N=5",
+                                  "--train_basins", "32006", "--val_basins", "32006",
+                                  "--test_basins", "22001", "--set", "LSTM_HIDDEN_DIM=8"))
+    metrics = out["metrics"]
+    days = (np.datetime64("2008-12-31") - np.datetime64("1998-01-01")).astype(int) + 1
+    assert (metrics["n_scored"] <= days).all()
+    assert (metrics["n_scored"] > 0.95 * days).all()
+    assert "persistence_nse" not in metrics
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--device", "cuda"], "CUDA is not available"),
+        (["--train_basins", "99999"], "99999"),
+        (["--set", "NOT_A_KEY=1"], "unknown config key"),
+        (["--set", "TRAIN_END=1970-01-01"], "ends"),
+    ],
+)
+def test_bad_input_is_one_message_and_leaves_no_run_folder(demo_dir, tmp_path, extra, needle):  # noqa: F811
+    if extra[0] == "--device" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(UserError, match=needle):
+        sca2lstm.main(demo_args(demo_dir, tmp_path, "--dry-run", *extra))
+    assert not (tmp_path / "model_output" / "pretrain").exists() or not any(
+        (tmp_path / "model_output" / "pretrain").iterdir())
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "sca2lstm.py"), *demo_args(demo_dir, tmp_path, *extra)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and needle in proc.stderr
+
+
+def test_eval_stride_and_spec_roundtrip():
+    from hydrologyDataset import FeatureSpec
+
+    spec = FeatureSpec.from_config(load_config())
+    assert FeatureSpec.from_dict(spec.to_dict()) == spec
+    sim = replace(spec, mode="simulate", predict_last_n=7)
+    assert sca2lstm.eval_stride(sim) == 7 and sca2lstm.eval_stride(spec) == 1

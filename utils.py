@@ -1,0 +1,1125 @@
+"""Shared pieces of the SCA2LSTM toolkit: configuration, errors, logging, run folders,
+checkpoints, devices and the hydrological metrics.
+
+Nothing here runs at import. Every stage script imports what it needs, e.g.::
+
+    from utils import load_config, compute_metrics
+    config = load_config(stage="fine_tune", overrides=["LR=5.0e-5"])
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import math
+import os
+import random
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_CONFIG = ROOT / "run.config"
+STAGES = ("pretrain", "fine_tune", "predict", "pso_lstm", "data_process")
+CHECKPOINT_FORMAT = 1
+CAMELS_GB_DOI = "10.5285/8344e4f3-d2ea-44f5-8afa-86d2987543a9"
+
+log = logging.getLogger("sca2lstm")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class UserError(Exception):
+    """A problem with the user's input: reported as one message, exit code 2, no traceback."""
+
+
+def run_cli(main: Callable[[Sequence[str] | None], Any]) -> None:
+    """Run a script's ``main`` and turn a :class:`UserError` into a message and exit code 2."""
+    try:
+        main(None)
+    except UserError as err:
+        logging.getLogger("sca2lstm").handlers.clear()
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(
+            "interrupted: completed files are intact; partial ones were not kept", file=sys.stderr
+        )
+        sys.exit(130)
+
+
+# --------------------------------------------------------------------------- configuration
+
+# Types of every key run.config may hold. The defaults themselves live in run.config only.
+SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "DATA_DIR": (str, type(None)),
+    "INPUT_DIR": str,
+    "OUTPUT_DIR": str,
+    "MODE": str,
+    "DYNAMIC_INPUTS": list,
+    "TARGET": str,
+    "STATIC_ATTRIBUTES": list,
+    "TRAIN_START": str,
+    "TRAIN_END": str,
+    "VAL_START": str,
+    "VAL_END": str,
+    "TEST_START": str,
+    "TEST_END": str,
+    "TRAIN_BASINS": list,
+    "VAL_BASINS": list,
+    "TEST_BASINS": list,
+    "SEQ_LEN": int,
+    "PRED_LEN": int,
+    "LSTM_HIDDEN_DIM": int,
+    "DROPOUT": float,
+    "EMBEDDING_DIM": int,
+    "NUM_LAYERS": int,
+    "PREDICT_LAST_N": int,
+    "SEED": int,
+    "BATCH_SIZE": int,
+    "BATCH_SIZE_GPU": int,
+    "N_EPOCHS": int,
+    "SAMPLES_PER_EPOCH": int,
+    "LR": float,
+    "LR_GPU": float,
+    "PATIENCE": int,
+    "WARMUP_STEPS": int,
+    "GRADIENT_CLIP": float,
+    "WEIGHT_DECAY": float,
+    "GRADIENT_ACCUMULATION": int,
+    "FINE_TUNE_RATIO": float,
+    "USE_COMPILE": bool,
+    "BACKEND": str,
+    "MIXED_PRECISION": bool,
+    "CUDA_VISIBLE_DEVICES": str,
+    "CUDA_MEMORY_FRACTION": float,
+    "CUDA_DETERMINISTIC": bool,
+    "DATA_PATH": str,
+    "NUM_WORKERS": int,
+    "PIN_MEMORY": bool,
+    "PREFETCH_FACTOR": int,
+    "PERSISTENT_WORKERS": bool,
+    "PSO_N_PARTICLES": int,
+    "PSO_ITERS": int,
+    "PSO_EPOCHS": int,
+    "PSO_C1": float,
+    "PSO_C2": float,
+    "PSO_W": float,
+    "PSO_INPUTS": str,
+    "PSO_BOUNDS": dict,
+}
+PSO_DIMENSIONS = (
+    "time_steps",
+    "hidden_size",
+    "batch_size",
+    "learning_rate",
+    "dropout",
+    "num_layers",
+)
+BASIN_KEYS = ("TRAIN_BASINS", "VAL_BASINS", "TEST_BASINS")
+PERIODS = {
+    "train": ("TRAIN_START", "TRAIN_END"),
+    "validation": ("VAL_START", "VAL_END"),
+    "test": ("TEST_START", "TEST_END"),
+}
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(
+            f"config file {path} not found; pass an existing YAML file to --config"
+        ) from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"config file {path} is not valid YAML ({err}); fix the syntax") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold KEY: value pairs at its top level")
+    return data
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Check ``value`` against SCHEMA[key]; convert the harmless cases (int -> float, '1e-3')."""
+    if key not in SCHEMA:
+        close = [k for k in SCHEMA if k.startswith(key[:3].upper())]
+        hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
+        raise UserError(f"unknown config key {key!r} in {source}{hint}; see run.config for keys")
+    expected = SCHEMA[key]
+    types = expected if isinstance(expected, tuple) else (expected,)
+    if float in types and isinstance(value, str):
+        try:
+            value = float(value)  # PyYAML reads 1e-3 as a string
+        except ValueError:
+            pass
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, dt.date) and str in types:
+        value = value.isoformat()  # YAML reads 1990-01-01 as a date
+    if key in BASIN_KEYS and isinstance(value, list):
+        value = [str(v) for v in value]
+    if key in ("DYNAMIC_INPUTS", "STATIC_ATTRIBUTES") and isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if key in BASIN_KEYS and isinstance(value, (str, int)):
+        value = [v.strip() for v in str(value).split(",") if v.strip()]
+    if isinstance(value, bool) and bool not in types:
+        ok = False
+    else:
+        ok = isinstance(value, types)
+    if not ok:
+        names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+        raise UserError(f"config key {key} in {source} must be {names}, got {value!r}")
+    return value
+
+
+def _merge(config: dict, data: dict, source: str) -> None:
+    for key, value in data.items():
+        if key in STAGES:
+            continue
+        config[key] = _coerce(key, value, source)
+
+
+def parse_set(items: Iterable[str]) -> dict[str, Any]:
+    """Parse ``--set KEY=VALUE`` items; values are read as YAML scalars or lists."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r} is not KEY=VALUE; write e.g. --set LR=5.0e-4")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    stage: str | None = None,
+    overrides: Iterable[str] | dict | None = None,
+    flags: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Resolve the configuration.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        A YAML file laid over run.config (same keys; may be partial and have stage sections).
+    stage : str, optional
+        One of ``STAGES``; its section of each file overrides the top level.
+    overrides : list of "KEY=VALUE" or dict, optional
+        ``--set`` values.
+    flags : dict, optional
+        Values of dedicated command-line flags, applied last; None values are skipped.
+
+    Returns
+    -------
+    dict
+        Upper-case keys to validated values (plain Python types only).
+
+    Raises
+    ------
+    UserError
+        Unknown keys, wrong types or impossible values.
+    """
+    if stage is not None and stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}")
+    config: dict[str, Any] = {}
+    sources = [DEFAULT_CONFIG] + ([Path(path)] if path else [])
+    for src in sources:
+        data = _read_yaml(src)
+        for section in set(data) & set(STAGES):
+            if not isinstance(data[section] or {}, dict):
+                raise UserError(f"section {section!r} of {src} must hold KEY: value pairs")
+        _merge(config, data, str(src))
+        if stage and data.get(stage):
+            _merge(config, data[stage], f"{src} [{stage}]")
+    missing = sorted(set(SCHEMA) - set(config))
+    if missing:
+        raise UserError(f"{DEFAULT_CONFIG} lacks keys {missing}; restore them from the repository")
+    if overrides:
+        items = overrides if isinstance(overrides, dict) else parse_set(overrides)
+        _merge(config, items, "--set")
+    if flags:
+        _merge(config, {k: v for k, v in flags.items() if v is not None}, "command-line flags")
+    validate_config(config)
+    return config
+
+
+def _iso_date(key: str, value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise UserError(f"{key}={value!r} is not a date; write it as YYYY-MM-DD") from None
+
+
+def validate_config(config: dict[str, Any]) -> None:
+    """Check values that a type alone cannot (ranges, choices, dates); raise UserError."""
+    if config["MODE"] not in ("forecast", "simulate"):
+        raise UserError(f"MODE must be 'forecast' or 'simulate', got {config['MODE']!r}")
+    for key in (
+        "SEQ_LEN",
+        "PRED_LEN",
+        "LSTM_HIDDEN_DIM",
+        "EMBEDDING_DIM",
+        "NUM_LAYERS",
+        "BATCH_SIZE",
+        "BATCH_SIZE_GPU",
+        "N_EPOCHS",
+        "GRADIENT_ACCUMULATION",
+        "PREDICT_LAST_N",
+        "PSO_N_PARTICLES",
+        "PSO_ITERS",
+        "PSO_EPOCHS",
+        "PREFETCH_FACTOR",
+    ):
+        if config[key] < 1:
+            raise UserError(f"{key} must be at least 1, got {config[key]}")
+    for key in ("PATIENCE", "WARMUP_STEPS", "NUM_WORKERS", "SAMPLES_PER_EPOCH"):
+        if config[key] < 0:
+            raise UserError(f"{key} must be 0 or more, got {config[key]}")
+    for key in ("LR", "LR_GPU"):
+        if not config[key] > 0:
+            raise UserError(f"{key} must be positive, got {config[key]}")
+    if not 0 <= config["DROPOUT"] < 1:
+        raise UserError(f"DROPOUT must be in [0, 1), got {config['DROPOUT']}")
+    if not 0 < config["FINE_TUNE_RATIO"] < 1:
+        raise UserError(
+            f"FINE_TUNE_RATIO (--fine_tune_ratio) must be strictly between 0 and 1, "
+            f"got {config['FINE_TUNE_RATIO']}"
+        )
+    if not 0 < config["CUDA_MEMORY_FRACTION"] <= 1:
+        raise UserError(
+            f"CUDA_MEMORY_FRACTION must be in (0, 1], got {config['CUDA_MEMORY_FRACTION']}"
+        )
+    if config["DATA_PATH"] not in ("resident", "stream"):
+        raise UserError(f"DATA_PATH must be 'resident' or 'stream', got {config['DATA_PATH']!r}")
+    if config["PSO_INPUTS"] not in ("q", "forcings+q", "forcings"):
+        raise UserError(
+            f"PSO_INPUTS must be q, forcings+q or forcings, got {config['PSO_INPUTS']!r}"
+        )
+    if config["MODE"] == "simulate" and config["PRED_LEN"] != 1:
+        raise UserError(
+            "PRED_LEN applies to forecast mode; simulate mode predicts Q_t (PRED_LEN=1)"
+        )
+    if config["PREDICT_LAST_N"] > config["SEQ_LEN"]:
+        raise UserError(
+            f"PREDICT_LAST_N={config['PREDICT_LAST_N']} exceeds SEQ_LEN={config['SEQ_LEN']}"
+        )
+    if config["MODE"] == "forecast" and config["PREDICT_LAST_N"] != 1:
+        raise UserError(
+            "PREDICT_LAST_N applies to simulate mode only; set it to 1 in forecast mode"
+        )
+    for name, (k_start, k_end) in PERIODS.items():
+        start, end = _iso_date(k_start, config[k_start]), _iso_date(k_end, config[k_end])
+        if end < start:
+            raise UserError(f"the {name} period ends ({end}) before it starts ({start})")
+    for key in BASIN_KEYS:
+        for basin in config[key]:
+            if not basin.isdigit():
+                raise UserError(f"{key} holds {basin!r}, which is not a CAMELS-GB gauge id")
+    for key in ("DYNAMIC_INPUTS", "STATIC_ATTRIBUTES"):
+        if not all(isinstance(v, str) for v in config[key]) or not config[key]:
+            raise UserError(f"{key} must be a non-empty list of column names")
+    bounds = config["PSO_BOUNDS"]
+    unknown = set(bounds) - set(PSO_DIMENSIONS)
+    if unknown:
+        raise UserError(
+            f"PSO_BOUNDS has unknown dimensions {sorted(unknown)}; use {PSO_DIMENSIONS}"
+        )
+    for dim, pair in bounds.items():
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise UserError(f"PSO_BOUNDS.{dim} must be [lower, upper], got {pair!r}")
+        try:
+            lo, hi = (float(v) for v in pair)
+        except (TypeError, ValueError):
+            raise UserError(f"PSO_BOUNDS.{dim} must hold two numbers, got {pair!r}") from None
+        if lo > hi:
+            raise UserError(f"PSO_BOUNDS.{dim}: lower bound {lo} is above upper bound {hi}")
+
+
+def period(config: dict, name: str) -> tuple[np.datetime64, np.datetime64]:
+    """(start, end) of period ``name`` (train, validation, test) as datetime64[D]."""
+    k_start, k_end = PERIODS[name]
+    return np.datetime64(config[k_start], "D"), np.datetime64(config[k_end], "D")
+
+
+def add_common_args(parser: argparse.ArgumentParser, device: bool = True) -> None:
+    """Add the flags every stage shares: --config, --set, --data_dir, --output_dir, --device."""
+    group = parser.add_argument_group("configuration")
+    group.add_argument(
+        "--config", help="YAML file laid over run.config (same keys, may be partial)"
+    )
+    group.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one run.config key (repeatable), e.g. --set SEQ_LEN=365",
+    )
+    group.add_argument(
+        "--data_dir",
+        help="CAMELS-GB folder (default: DATA_DIR, else $CAMELS_GB_DIR, else datasets/CAMELS_GB)",
+    )
+    group.add_argument("--output_dir", help="where run folders are written (default OUTPUT_DIR)")
+    if device:
+        group.add_argument(
+            "--device",
+            default="auto",
+            help="auto | cpu | cuda | cuda:N; an unavailable device is an error unless auto",
+        )
+
+
+def csv_list(text: str) -> list[str]:
+    """argparse type for comma-separated lists such as ``--basin_id 22001,22006``."""
+    items = [t.strip() for t in text.replace(" ", ",").split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def positive_int(text: str) -> int:
+    """argparse type for an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# --------------------------------------------------------------------------- logging, progress
+
+
+def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> logging.Logger:
+    """Log to stdout and, when given, to ``log_file``; returns the toolkit's logger."""
+    logger = logging.getLogger("sca2lstm")
+    logger.setLevel(level)
+    logger.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    if not any(getattr(h, "_sca2lstm_stdout", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(fmt)
+        handler._sca2lstm_stdout = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    if log_file is not None:
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    return logger
+
+
+def close_log_files() -> None:
+    """Detach and close the file handlers that :func:`setup_logging` added."""
+    logger = logging.getLogger("sca2lstm")
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.FileHandler):
+            handler.close()
+            logger.removeHandler(handler)
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm bar that stays quiet when stdout is not a terminal (CI, log files)."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("disable", not sys.stdout.isatty())
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("leave", False)
+    return tqdm(iterable, **kwargs)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def make_run_dir(parent: Path, prefix: str = "") -> Path:
+    """Create a new, unique run folder ``parent/<prefix><YYYYmmdd_HHMMSS>[_N]``.
+
+    ``os.mkdir`` is atomic, so two runs started in the same second get different folders.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+    for n in range(10_000):
+        path = parent / f"{prefix}{stamp}{'' if n == 0 else f'_{n}'}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a run folder under {parent}")
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    _atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (NaN written as null)."""
+    atomic_write_text(path, json.dumps(_json_safe(data), indent=2) + "\n")
+
+
+def write_yaml(path: Path, data: dict) -> None:
+    """Write a resolved config as YAML, atomically."""
+    atomic_write_text(path, yaml.safe_dump(_json_safe(data), sort_keys=False, width=100))
+
+
+def write_csv(path: Path, frame) -> None:
+    """Write a pandas DataFrame as CSV, atomically."""
+    _atomic_write(path, lambda p: frame.to_csv(p, index=False, float_format="%.6g"))
+
+
+def save_figure(fig, path: Path) -> None:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    _atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write a checkpoint atomically; ``payload`` must hold only tensors and plain Python types."""
+    import torch
+
+    payload = {"format_version": CHECKPOINT_FORMAT, **payload}
+    _atomic_write(path, lambda p: torch.save(payload, p))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a toolkit checkpoint with ``weights_only=True``.
+
+    Raises
+    ------
+    UserError
+        Missing file, a file that is not a checkpoint, or one from another format version.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found; train one first or check the path")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for foreign files
+        raise UserError(
+            f"{path} is not a readable checkpoint ({type(err).__name__}); it may be truncated "
+            "or not a .pth written by this toolkit: retrain or point at another file"
+        ) from None
+    if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt or "model_class" not in ckpt:
+        raise UserError(
+            f"{path} is not a checkpoint written by this toolkit (no model_state_dict/model_class)"
+        )
+    if ckpt.get("format_version") != CHECKPOINT_FORMAT:
+        raise UserError(
+            f"{path} has checkpoint format {ckpt.get('format_version')}, this toolkit reads "
+            f"format {CHECKPOINT_FORMAT}; retrain it with this version"
+        )
+    return ckpt
+
+
+# --------------------------------------------------------------------------- devices, seeds
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str = "auto", no_cuda: bool = False, config: dict | None = None):
+    """Return the ``torch.device`` to train on and apply the CUDA settings of ``config``.
+
+    Parameters
+    ----------
+    name : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    no_cuda : bool
+        Force the CPU (the ``--no_cuda`` flag).
+    config : dict, optional
+        Applies CUDA_VISIBLE_DEVICES (when the environment does not set it),
+        CUDA_MEMORY_FRACTION, CUDA_DETERMINISTIC, TF32 and cudnn.benchmark on CUDA.
+
+    Raises
+    ------
+    UserError
+        An explicit CUDA device that this machine does not have.
+    """
+    if config is not None and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        os.environ["CUDA_VISIBLE_DEVICES"] = config["CUDA_VISIBLE_DEVICES"]
+    import torch
+
+    name = (name or "auto").strip().lower()
+    if no_cuda:
+        if name.startswith("cuda"):
+            raise UserError("--no_cuda and --device cuda contradict each other; drop one")
+        name = "cpu"
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"--device {name} was asked for but CUDA is not available on this machine; "
+                "use --device cpu or --device auto"
+            )
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"--device {name!r} is not a device name; use cuda or cuda:N") from None
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise UserError(
+                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+        if config is not None:
+            torch.cuda.set_per_process_memory_fraction(config["CUDA_MEMORY_FRACTION"], index)
+            torch.backends.cudnn.benchmark = not config["CUDA_DETERMINISTIC"]
+            if config["CUDA_DETERMINISTIC"]:
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+                torch.use_deterministic_algorithms(True)
+                torch.backends.cudnn.deterministic = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return device
+    if name != "cpu":
+        raise UserError(f"--device {name!r} is not known; use auto, cpu, cuda or cuda:N")
+    return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _pairs(obs, sim) -> tuple[np.ndarray, np.ndarray]:
+    obs = np.asarray(obs, dtype=np.float64).ravel()
+    sim = np.asarray(sim, dtype=np.float64).ravel()
+    if obs.shape != sim.shape:
+        raise ValueError(f"obs and sim differ in length: {obs.shape} vs {sim.shape}")
+    keep = np.isfinite(obs) & np.isfinite(sim)
+    return obs[keep], sim[keep]
+
+
+def _undefined(name: str) -> float:
+    warnings.warn(
+        f"{name} is undefined for constant or empty observations; returning NaN",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return float("nan")
+
+
+def nse(obs, sim) -> float:
+    """Nash–Sutcliffe efficiency, 1 − Σ(sim−obs)² / Σ(obs−mean(obs))² (Nash & Sutcliffe 1970)."""
+    o, s = _pairs(obs, sim)
+    denom = np.sum((o - o.mean()) ** 2) if o.size else 0.0
+    if o.size < 2 or denom == 0:
+        return _undefined("NSE")
+    return float(1.0 - np.sum((s - o) ** 2) / denom)
+
+
+def kge_parts(obs, sim) -> dict[str, float]:
+    """Kling–Gupta efficiency (Gupta et al. 2009) with its parts r, alpha = σs/σo, beta = μs/μo."""
+    o, s = _pairs(obs, sim)
+    if o.size < 2 or o.std() == 0 or o.mean() == 0:
+        nan = _undefined("KGE")
+        return {"kge": nan, "r": nan, "alpha": nan, "beta": nan}
+    r = float(np.corrcoef(o, s)[0, 1]) if s.std() > 0 else float("nan")
+    alpha = float(s.std() / o.std())
+    beta = float(s.mean() / o.mean())
+    kge = 1.0 - math.sqrt((r - 1) ** 2 + (alpha - 1) ** 2 + (beta - 1) ** 2)
+    return {"kge": kge, "r": r, "alpha": alpha, "beta": beta}
+
+
+def kge(obs, sim) -> float:
+    """Kling–Gupta efficiency (2009)."""
+    return kge_parts(obs, sim)["kge"]
+
+
+def rmse(obs, sim) -> float:
+    """Root mean square error, in the units of the inputs."""
+    o, s = _pairs(obs, sim)
+    return float(np.sqrt(np.mean((s - o) ** 2))) if o.size else _undefined("RMSE")
+
+
+def mae(obs, sim) -> float:
+    """Mean absolute error, in the units of the inputs."""
+    o, s = _pairs(obs, sim)
+    return float(np.mean(np.abs(s - o))) if o.size else _undefined("MAE")
+
+
+def r2(obs, sim) -> float:
+    """Coefficient of determination as the squared Pearson correlation."""
+    o, s = _pairs(obs, sim)
+    if o.size < 2 or o.std() == 0 or s.std() == 0:
+        return _undefined("R²")
+    return float(np.corrcoef(o, s)[0, 1] ** 2)
+
+
+def bias_pct(obs, sim) -> float:
+    """Percent bias, 100 · Σ(sim − obs) / Σ obs."""
+    o, s = _pairs(obs, sim)
+    if not o.size or o.sum() == 0:
+        return _undefined("bias %")
+    return float(100.0 * np.sum(s - o) / np.sum(o))
+
+
+def persistence_nse(obs, lead: int = 1) -> float:
+    """NSE of the persistence forecast: Q(t+lead) predicted by Q(t), on one continuous series."""
+    obs = np.asarray(obs, dtype=np.float64).ravel()
+    if obs.size <= lead:
+        return _undefined("persistence NSE")
+    return nse(obs[lead:], obs[:-lead])
+
+
+def compute_metrics(obs, sim) -> dict[str, float]:
+    """All scores of the toolkit for one series, in the units of ``obs`` (NaN pairs masked).
+
+    Returns
+    -------
+    dict
+        nse, kge, kge_r, kge_alpha, kge_beta, rmse, mae, r2, bias_pct, n_scored.
+    """
+    o, s = _pairs(obs, sim)
+    parts = kge_parts(o, s)
+    return {
+        "nse": nse(o, s),
+        "kge": parts["kge"],
+        "kge_r": parts["r"],
+        "kge_alpha": parts["alpha"],
+        "kge_beta": parts["beta"],
+        "rmse": rmse(o, s),
+        "mae": mae(o, s),
+        "r2": r2(o, s),
+        "bias_pct": bias_pct(o, s),
+        "n_scored": int(o.size),
+    }
+
+
+def mm_per_day_to_m3s(values, area_km2: float):
+    """Convert specific discharge (mm/day) to m³/s: 1 mm over 1 km² is 1000 m³, a day 86400 s."""
+    return np.asarray(values, dtype=np.float64) * float(area_km2) * 1000.0 / 86400.0
+
+
+# --------------------------------------------------------------------------- training engine
+# Shared by sca2lstm.py, fine_train.py and pso_lstm.py. The `windows` arguments are
+# hydrologyDataset.WindowData objects (duck-typed, so the imports keep flowing one way).
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings of one training run (resolved from the config and the device)."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 0.0
+    accumulation: int = 1
+    patience: int = 10
+    seed: int = 42
+    samples_per_epoch: int = 0
+    mixed_precision: bool = False
+    compile: bool = False
+    backend: str = "inductor"
+    data_path: str = "resident"
+    num_workers: int = 0
+    pin_memory: bool = False
+    prefetch_factor: int = 2
+    persistent_workers: bool = False
+
+    @classmethod
+    def from_config(cls, config: dict, device) -> TrainSettings:
+        """GPU variants of BATCH_SIZE and LR on CUDA; GPU-only options say once on a CPU."""
+        cuda = getattr(device, "type", str(device)) == "cuda"
+        if not cuda:
+            for key in ("USE_COMPILE", "MIXED_PRECISION"):
+                if config[key]:
+                    log.info(
+                        "%s is on but applies to CUDA devices only; training on %s without it",
+                        key,
+                        device,
+                    )
+        return cls(
+            epochs=config["N_EPOCHS"],
+            lr=config["LR_GPU"] if cuda else config["LR"],
+            batch_size=config["BATCH_SIZE_GPU"] if cuda else config["BATCH_SIZE"],
+            weight_decay=config["WEIGHT_DECAY"],
+            warmup_steps=config["WARMUP_STEPS"],
+            grad_clip=config["GRADIENT_CLIP"],
+            accumulation=config["GRADIENT_ACCUMULATION"],
+            patience=config["PATIENCE"],
+            seed=config["SEED"],
+            samples_per_epoch=config["SAMPLES_PER_EPOCH"],
+            mixed_precision=config["MIXED_PRECISION"] and cuda,
+            compile=config["USE_COMPILE"] and cuda,
+            backend=config["BACKEND"],
+            data_path=config["DATA_PATH"],
+            num_workers=config["NUM_WORKERS"],
+            pin_memory=config["PIN_MEMORY"] and cuda,
+            prefetch_factor=config["PREFETCH_FACTOR"],
+            persistent_workers=config["PERSISTENT_WORKERS"],
+        )
+
+
+def nse_star_loss(pred, y, mask, basin_std):
+    """NSE* loss of Kratzert et al. (2019, HESS 23, 5089): squared error weighted by 1/(σ_b+0.1)².
+
+    Parameters
+    ----------
+    pred, y : torch.Tensor
+        ``[B, n_out]`` scaled predictions and targets.
+    mask : torch.Tensor
+        ``[B, n_out]`` bool, True where the target is observed.
+    basin_std : torch.Tensor
+        ``[B]`` training-period standard deviation of each sample's basin (scaled units).
+    """
+    weight = 1.0 / (basin_std[:, None] + 0.1) ** 2  # [B, 1]
+    err = (pred.float() - y) ** 2 * weight  # [B, n_out]
+    n = mask.sum()
+    return (err * mask).sum() / n.clamp(min=1)
+
+
+def _set_train_mode(model) -> None:
+    """Train mode, except submodules with no trainable parameter (frozen groups stay in eval)."""
+    model.train()
+    for child in model.children():
+        params = list(child.parameters())
+        if params and not any(p.requires_grad for p in params):
+            child.eval()
+
+
+def _autocast(device, enabled: bool):
+    import contextlib
+
+    import torch
+
+    if not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def predict_windows(model, windows, batch_size: int = 1024, return_weights: bool = False):
+    """Run ``model`` over every sample of ``windows`` in order.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[S, n_out]`` predictions in scaled units; with ``return_weights`` also the channel
+        weights ``[S, L, C]`` (float32).
+    """
+    import torch
+
+    model.eval()
+    preds, weights = [], []
+    with torch.no_grad():
+        for batch in windows.iter_batches(batch_size, shuffle=False):
+            if return_weights:
+                out, w = model(
+                    batch["x"], batch["static"], return_weights=True, n_last=batch["y"].shape[1]
+                )
+                weights.append(w.float().cpu().numpy())
+            else:
+                out = model(batch["x"], batch["static"], n_last=batch["y"].shape[1])
+            preds.append(out.float().cpu().numpy())
+    n_out = windows.spec.n_out
+    pred = np.concatenate(preds) if preds else np.zeros((0, n_out), np.float32)
+    if return_weights:
+        shape = (0, windows.spec.seq_len, len(windows.spec.channels))
+        return pred, (np.concatenate(weights) if weights else np.zeros(shape, np.float32))
+    return pred
+
+
+def series_by_basin(windows, pred_scaled: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """Observed and simulated series per basin in mm/day, flattened over targets.
+
+    Returns
+    -------
+    dict
+        basin -> {"date": [n], "lead": [n], "obs": [n], "sim": [n]} with NaN obs where unobserved.
+    """
+    dates = windows.target_dates()  # [S, n_out]
+    y = windows.y[windows.sample_end[:, None] + windows._targets].cpu().numpy()
+    mask = windows.y_mask.cpu().numpy()
+    obs = np.where(mask, windows.scalers.unscale_target(y.astype(np.float64)), np.nan)
+    sim = windows.scalers.unscale_target(pred_scaled.astype(np.float64))
+    owner = windows.sample_basin.cpu().numpy()
+    n_out = obs.shape[1]
+    # Forecast: lead days 1..P. Simulate: every target is the same-day simulation (lead 0).
+    lead = np.arange(1, n_out + 1) if windows.spec.mode == "forecast" else np.zeros(n_out, int)
+    leads = np.broadcast_to(lead, obs.shape)
+    inside = windows.in_period
+    out = {}
+    for k, basin in enumerate(windows.basins):
+        sel = (owner == k)[:, None] & inside
+        out[basin] = {
+            "date": dates[sel],
+            "lead": leads[sel],
+            "obs": obs[sel],
+            "sim": sim[sel],
+        }
+    return out
+
+
+def median_nse(windows, pred_scaled: np.ndarray) -> float:
+    """Median over basins of the NSE of all targets (the early-stopping score)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        scores = [nse(s["obs"], s["sim"]) for s in series_by_basin(windows, pred_scaled).values()]
+    scores = [s for s in scores if np.isfinite(s)]
+    return float(np.median(scores)) if scores else float("nan")
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the best weights and the per-epoch history."""
+
+    best_state: dict
+    best_epoch: int
+    best_score: float
+    history: list[dict]
+    stopped_early: bool = False
+    state: dict = field(default_factory=dict)
+
+
+def fit(
+    model, train, val, settings: TrainSettings, device, on_epoch=None, resume: dict | None = None
+):
+    """Train ``model`` on ``train`` with early stopping on the validation median NSE.
+
+    AdamW on the trainable parameters, linear warm-up then cosine decay to 10 % of the learning
+    rate, gradient accumulation and clipping, NSE* loss with missing targets masked. The best
+    weights (by validation NSE; by training loss when ``val`` is None) are restored at the end.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Called as ``model(x, static, n_last=n)``, returns ``[B, n_out]``.
+    train, val : WindowData
+        Training windows (``val`` may be None).
+    settings : TrainSettings
+    device : torch.device
+    on_epoch : callable, optional
+        ``on_epoch(record, model, is_best, state)`` after every epoch (checkpoints, plots).
+    resume : dict, optional
+        A ``state`` from an earlier call's ``on_epoch``, to continue that run.
+
+    Returns
+    -------
+    FitResult
+    """
+    import copy
+    import time
+
+    import torch
+
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UserError("every layer is frozen, so there is nothing to train; unfreeze a group")
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    per_epoch = len(train)
+    if settings.samples_per_epoch and settings.samples_per_epoch < per_epoch:
+        per_epoch = settings.samples_per_epoch
+    n_batches = math.ceil(per_epoch / settings.batch_size)
+    total_steps = max(1, settings.epochs * math.ceil(n_batches / settings.accumulation))
+
+    def lr_factor(step: int) -> float:
+        if step < settings.warmup_steps:
+            return (step + 1) / settings.warmup_steps
+        progress_ = (step - settings.warmup_steps) / max(1, total_steps - settings.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    use_scaler = settings.mixed_precision and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    step_model = model
+    if settings.compile:
+        step_model = torch.compile(model, backend=settings.backend)
+    generator = torch.Generator().manual_seed(settings.seed)
+    basin_std = train.basin_target_std()
+    history: list[dict] = []
+    best_state = copy.deepcopy(model.state_dict())
+    best_score, best_epoch, bad_epochs, first_epoch = -math.inf, 0, 0, 1
+    if resume:
+        model.load_state_dict(resume["model_state_dict"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        generator.set_state(resume["generator"])
+        best_state, best_score = resume["best_state"], resume["best_score"]
+        best_epoch, bad_epochs = resume["best_epoch"], resume["bad_epochs"]
+        history, first_epoch = list(resume["history"]), resume["epoch"] + 1
+        log.info(
+            "resuming after epoch %d (best validation NSE %.4f at epoch %d)",
+            resume["epoch"],
+            best_score,
+            best_epoch,
+        )
+
+    loader = None
+    if settings.data_path == "stream":
+        from torch.utils.data import DataLoader, RandomSampler
+
+        workers = settings.num_workers
+        dataset = train.to_dataset()
+        loader = DataLoader(
+            dataset,
+            batch_size=settings.batch_size,
+            sampler=RandomSampler(dataset, num_samples=per_epoch, generator=generator),
+            num_workers=workers,
+            pin_memory=settings.pin_memory,
+            prefetch_factor=settings.prefetch_factor if workers > 0 else None,
+            persistent_workers=settings.persistent_workers and workers > 0,
+        )
+
+    stopped_early = False
+    bar = progress(range(first_epoch, settings.epochs + 1), desc="epochs", unit="epoch")
+    for epoch in bar:
+        _set_train_mode(step_model if step_model is model else model)
+        t0 = time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        batches = (
+            loader
+            if loader is not None
+            else train.iter_batches(
+                settings.batch_size, shuffle=True, generator=generator, limit=per_epoch
+            )
+        )
+        total_loss, seen = 0.0, 0
+        optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(batches, start=1):
+            if loader is not None:
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with _autocast(device, settings.mixed_precision):
+                pred = step_model(batch["x"], batch["static"], n_last=batch["y"].shape[1])
+                loss = nse_star_loss(pred, batch["y"], batch["y_mask"], basin_std[batch["basin"]])
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"the training loss became {loss.item()} in epoch {epoch}")
+            scaler.scale(loss / settings.accumulation).backward()
+            if i % settings.accumulation == 0 or i == n_batches:
+                if settings.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+            n = batch["x"].shape[0]
+            total_loss += float(loss.detach()) * n
+            seen += n
+        seconds = time.perf_counter() - t0
+        record = {
+            "epoch": epoch,
+            "train_loss": total_loss / max(1, seen),
+            "val_loss": float("nan"),
+            "val_nse": float("nan"),
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": seconds,
+            "samples_per_s": seen / seconds if seconds > 0 else float("nan"),
+        }
+        if device.type == "cuda":
+            record["gpu_mem_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            record["gpu_mem_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+        if val is not None:
+            pred = predict_windows(model, val, batch_size=max(1024, settings.batch_size))
+            pred_t = torch.from_numpy(pred).to(val.device)
+            y = val.y[val.sample_end[:, None] + val._targets]
+            with torch.no_grad():
+                record["val_loss"] = float(
+                    nse_star_loss(pred_t, y, val.y_mask, val.basin_target_std()[val.sample_basin])
+                )
+            record["val_nse"] = median_nse(val, pred)
+            score = record["val_nse"] if math.isfinite(record["val_nse"]) else -math.inf
+        else:
+            score = -record["train_loss"]
+        is_best = score > best_score
+        if is_best:
+            best_score, best_epoch, bad_epochs = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad_epochs += 1
+        history.append(record)
+        log.info(
+            "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_NSE %.4f  lr %.2e  %.1f s  "
+            "%.0f samples/s%s",
+            epoch,
+            settings.epochs,
+            record["train_loss"],
+            record["val_loss"],
+            record["val_nse"],
+            record["lr"],
+            seconds,
+            record["samples_per_s"],
+            "  *best*" if is_best else "",
+        )
+        bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_nse=f"{record['val_nse']:.3f}")
+        state = {
+            "epoch": epoch,
+            "model_state_dict": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(),
+            "best_state": best_state,
+            "best_score": best_score,
+            "best_epoch": best_epoch,
+            "bad_epochs": bad_epochs,
+            "history": history,
+        }
+        if on_epoch is not None:
+            on_epoch(record, model, is_best, state)
+        if val is not None and settings.patience and bad_epochs >= settings.patience:
+            log.info("early stopping: no better validation NSE for %d epochs", bad_epochs)
+            stopped_early = True
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    if not history:
+        raise UserError("no epoch left to train: the run had already finished (raise --epochs)")
+    return FitResult(best_state, best_epoch, best_score, history, stopped_early)
