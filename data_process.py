@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_common_args(parser, device=False)
+    add_common_args(parser, device=False, output_dir=False)
     parser.add_argument(
         "--basins",
         type=_basins_arg,
@@ -238,11 +238,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     setup_logging()
     config = load_config(args.config, stage="data_process", overrides=args.set)
-    if args.output_dir:
-        raise UserError(
-            "data_process.py writes no run folder, so --output_dir does not apply; "
-            "choose where the model input data goes with --set INPUT_DIR=PATH"
-        )
     if args.make_demo:
         if args.demo or args.data_dir:
             raise UserError("--make_demo only writes demo data; drop --demo/--data_dir")

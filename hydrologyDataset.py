@@ -847,12 +847,20 @@ class WindowData:
         }
 
     def iter_batches(
-        self, batch_size: int, shuffle: bool = False, generator=None, limit: int = 0
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        generator=None,
+        limit: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> Iterator[dict]:
         """Yield batches over all samples (a random order when ``shuffle``).
 
         ``limit`` > 0 with ``shuffle`` draws that many random samples (SAMPLES_PER_EPOCH).
+        ``shard=(rank, world)`` yields this process's share of each global batch: every process
+        draws the same order from an equally seeded generator (data-parallel training).
         """
+        rank, world = shard
         import torch
 
         n = len(self)
@@ -863,7 +871,7 @@ class WindowData:
         else:
             order = torch.arange(n, device=self.device)
         for i in range(0, len(order), batch_size):
-            yield self.batch(order[i : i + batch_size])
+            yield self.batch(order[i : i + batch_size][rank::world])
 
     def basin_target_std(self) -> torch.Tensor:  # noqa: F821
         """σ_b of each basin's scaled observed targets in this set: ``[n_basins]``.

@@ -16,8 +16,10 @@ In a notebook::
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,7 +43,9 @@ from utils import (
     add_common_args,
     close_log_files,
     csv_list,
+    distributed_rank,
     fit,
+    init_distributed,
     load_checkpoint,
     load_config,
     log,
@@ -573,6 +577,15 @@ def pretrain(
         write_csv(run_dir / "history.csv", pd.DataFrame(state["history"]))
 
     result = fit(model, train, val, settings, device, on_epoch=on_epoch, resume=resume_state)
+    if distributed_rank()[0] != 0:
+        # Data-parallel run: the other processes are done; rank 0 scores and writes.
+        return {
+            "run_dir": run_dir,
+            "checkpoint": run_dir / "best_model.pth",
+            "history": result.history,
+            "metrics": None,
+            "device": str(device),
+        }
     plot_training_curve(
         result.history,
         run_dir / "training_curve.png",
@@ -656,20 +669,38 @@ def main(argv: Sequence[str] | None = None) -> dict:
     setup_logging()
     data_dir = resolve_data_dir(args.data_dir, config, demo=args.demo)
     device = resolve_device(args.device, args.no_cuda, config)
-    if args.parallel:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world > 1:
-            raise UserError(
-                "--parallel under torchrun (several processes) is not available in this version; "
-                "run one process: python sca2lstm.py ..."
-            )
-        if world == 1:
-            n = torch.cuda.device_count() if device.type == "cuda" else 1
-            log.info(
-                "--parallel: %d device(s) visible; training in one process. For several "
-                "processes launch: torchrun --nproc_per_node=N sca2lstm.py --parallel ...",
-                n,
-            )
+    rank, world = 0, int(os.environ.get("WORLD_SIZE", "1"))
+    if args.parallel and world > 1:
+        device = init_distributed(device)
+        rank = distributed_rank()[0]
+        if rank != 0:
+            logging.getLogger("sca2lstm").setLevel(logging.WARNING)
+        log.info(
+            "--parallel: %d processes (DistributedDataParallel, %s)",
+            world,
+            "NCCL" if device.type == "cuda" else "Gloo",
+        )
+    elif args.parallel:
+        n_gpu = torch.cuda.device_count() if device.type == "cuda" else 1
+        if n_gpu > 1 and argv is None:
+            log.info("--parallel: launching one process on each of %d GPUs with torchrun", n_gpu)
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={n_gpu}",
+                str(Path(__file__).resolve()),
+                *sys.argv[1:],
+            ]
+            os.execv(sys.executable, cmd)
+        log.info(
+            "--parallel: %d device visible, so training runs in one process (on several hosts or "
+            "CPU processes launch: torchrun --nproc_per_node=N sca2lstm.py --parallel ...)",
+            n_gpu,
+        )
+    elif world > 1:
+        raise UserError("started by torchrun with several processes: add --parallel")
     seed_everything(config["SEED"])
     resume_dir = _find_resume(config, args.resume) if args.resume else None
     if resume_dir is not None:
@@ -681,20 +712,29 @@ def main(argv: Sequence[str] | None = None) -> dict:
         data_dir,
         list(dict.fromkeys(config["TRAIN_BASINS"] + config["VAL_BASINS"] + config["TEST_BASINS"])),
     )
-    run_dir = resume_dir or make_run_dir(output_root(config) / "pretrain")
-    setup_logging(run_dir / "train.log")
+    if rank == 0:
+        run_dir = resume_dir or make_run_dir(output_root(config) / "pretrain")
+    if world > 1 and args.parallel:
+        shared = [str(run_dir) if rank == 0 else None]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        run_dir = Path(shared[0])
+    if rank == 0:
+        setup_logging(run_dir / "train.log")
     try:
         log.info("run folder %s", run_dir)
-        write_yaml(run_dir / "config.yaml", config)
+        if rank == 0:
+            write_yaml(run_dir / "config.yaml", config)
         log.info("resolved config: %s", {k: config[k] for k in sorted(config)})
         return pretrain(config, data_dir, device, run_dir, resume_dir, dry_run=args.dry_run)
     except BaseException:
-        if not any(run_dir.iterdir()) or not (run_dir / "last_model.pth").exists():
+        if rank == 0 and not (run_dir / "last_model.pth").exists():
             close_log_files()
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
         close_log_files()
+        if world > 1 and args.parallel and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

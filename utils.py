@@ -167,6 +167,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         value = float(value)
     if isinstance(value, dt.date) and str in types:
         value = value.isoformat()  # YAML reads 1990-01-01 as a date
+    if str in types and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # --set CUDA_VISIBLE_DEVICES=0 reads as an int
     if key in BASIN_KEYS and isinstance(value, list):
         value = [str(v) for v in value]
     if key in ("DYNAMIC_INPUTS", "STATIC_ATTRIBUTES") and isinstance(value, str):
@@ -251,6 +253,8 @@ def load_config(
         raise UserError(f"{DEFAULT_CONFIG} lacks keys {missing}; restore them from the repository")
     if overrides:
         items = overrides if isinstance(overrides, dict) else parse_set(overrides)
+        if set(items) & set(STAGES):
+            raise UserError("--set sets keys, not sections; write e.g. --set LR=1.0e-4")
         _merge(config, items, "--set")
     if flags:
         _merge(config, {k: v for k, v in flags.items() if v is not None}, "command-line flags")
@@ -356,7 +360,9 @@ def period(config: dict, name: str) -> tuple[np.datetime64, np.datetime64]:
     return np.datetime64(config[k_start], "D"), np.datetime64(config[k_end], "D")
 
 
-def add_common_args(parser: argparse.ArgumentParser, device: bool = True) -> None:
+def add_common_args(
+    parser: argparse.ArgumentParser, device: bool = True, output_dir: bool = True
+) -> None:
     """Add the flags every stage shares: --config, --set, --data_dir, --output_dir, --device."""
     group = parser.add_argument_group("configuration")
     group.add_argument(
@@ -373,7 +379,8 @@ def add_common_args(parser: argparse.ArgumentParser, device: bool = True) -> Non
         "--data_dir",
         help="CAMELS-GB folder (default: DATA_DIR, else $CAMELS_GB_DIR, else datasets/CAMELS_GB)",
     )
-    group.add_argument("--output_dir", help="where run folders are written (default OUTPUT_DIR)")
+    if output_dir:
+        group.add_argument("--output_dir", help="where run folders are written (OUTPUT_DIR)")
     if device:
         group.add_argument(
             "--device",
@@ -491,7 +498,7 @@ def write_yaml(path: Path, data: dict) -> None:
 
 def write_csv(path: Path, frame) -> None:
     """Write a pandas DataFrame as CSV, atomically."""
-    _atomic_write(path, lambda p: frame.to_csv(p, index=False, float_format="%.6g"))
+    _atomic_write(path, lambda p: frame.to_csv(p, index=False, float_format="%.10g"))
 
 
 def save_figure(fig, path: Path) -> None:
@@ -825,6 +832,39 @@ def nse_star_loss(pred, y, mask, basin_std):
     return (err * mask).sum() / n.clamp(min=1)
 
 
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside torch.distributed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device):
+    """Join the process group that torchrun set up (NCCL on GPUs, Gloo on CPUs).
+
+    Returns
+    -------
+    torch.device
+        This process's device: ``cuda:LOCAL_RANK`` on GPUs, else the CPU.
+    """
+    import torch
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(
+                f"torchrun started more processes than the {torch.cuda.device_count()} visible GPUs"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
 def _set_train_mode(model) -> None:
     """Train mode, except submodules with no trainable parameter (frozen groups stay in eval)."""
     model.train()
@@ -979,9 +1019,17 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     use_scaler = settings.mixed_precision and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    rank, world = distributed_rank()
     step_model = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if settings.batch_size < world:
+            raise UserError(f"BATCH_SIZE {settings.batch_size} is smaller than {world} processes")
+        ids = [device.index] if device.type == "cuda" else None
+        step_model = DistributedDataParallel(model, device_ids=ids)
     if settings.compile:
-        step_model = torch.compile(model, backend=settings.backend)
+        step_model = torch.compile(step_model, backend=settings.backend)
     generator = torch.Generator().manual_seed(settings.seed)
     basin_std = train.basin_target_std()
     history: list[dict] = []
@@ -1004,14 +1052,18 @@ def fit(
 
     loader = None
     if settings.data_path == "stream":
-        from torch.utils.data import DataLoader, RandomSampler
+        from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
         workers = settings.num_workers
         dataset = train.to_dataset()
+        if world > 1:
+            sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=settings.seed)
+        else:
+            sampler = RandomSampler(dataset, num_samples=per_epoch, generator=generator)
         loader = DataLoader(
             dataset,
-            batch_size=settings.batch_size,
-            sampler=RandomSampler(dataset, num_samples=per_epoch, generator=generator),
+            batch_size=settings.batch_size // world,
+            sampler=sampler,
             num_workers=workers,
             pin_memory=settings.pin_memory,
             prefetch_factor=settings.prefetch_factor if workers > 0 else None,
@@ -1025,11 +1077,17 @@ def fit(
         t0 = time.perf_counter()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        if loader is not None and world > 1:
+            loader.sampler.set_epoch(epoch)
         batches = (
             loader
             if loader is not None
             else train.iter_batches(
-                settings.batch_size, shuffle=True, generator=generator, limit=per_epoch
+                settings.batch_size,
+                shuffle=True,
+                generator=generator,
+                limit=per_epoch,
+                shard=(rank, world),
             )
         )
         total_loss, seen = 0.0, 0
@@ -1054,6 +1112,11 @@ def fit(
             n = batch["x"].shape[0]
             total_loss += float(loss.detach()) * n
             seen += n
+        if world > 1:
+            # Every rank saw its own share of each global batch: report the global mean loss.
+            totals = torch.tensor([total_loss, float(seen)], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(totals)
+            total_loss, seen = float(totals[0]), int(totals[1])
         seconds = time.perf_counter() - t0
         record = {
             "epoch": epoch,
@@ -1112,7 +1175,7 @@ def fit(
             "bad_epochs": bad_epochs,
             "history": history,
         }
-        if on_epoch is not None:
+        if on_epoch is not None and rank == 0:
             on_epoch(record, model, is_best, state)
         if val is not None and settings.patience and bad_epochs >= settings.patience:
             log.info("early stopping: no better validation NSE for %d epochs", bad_epochs)

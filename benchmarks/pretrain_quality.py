@@ -2,7 +2,7 @@
 
 Three scenarios, each run for several seeds; per-basin test-period NSE averaged over seeds:
 
-- ``all12``: simulate mode, all 12 basins trained, scored on the test period (target: median ≥ 0.88);
+- ``all12``: simulate mode, all 12 basins trained, scored on the test period (median ≥ 0.88);
 - ``zeroshot``: simulate mode, the 5 training basins → the 7 unseen test basins (median ≥ 0.65);
 - ``forecast``: forecast mode (SEQ_LEN 3, PRED_LEN 1): NSE above persistence in every test basin.
 
@@ -111,7 +111,9 @@ def main(argv=None) -> pd.DataFrame:
     table.to_csv(out, float_format="%.4f")
     wall = time.perf_counter() - t0
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
-    print(f"\nscenario {a.scenario}; seeds {a.seeds}; device {device}; wall time {wall / 60:.1f} min")
+    print(
+        f"\nscenario {a.scenario}; seeds {a.seeds}; device {device}; wall time {wall / 60:.1f} min"
+    )
     print(f"median of seed-mean NSE: {table['nse_mean'].median():.3f}")
     if a.scenario in TARGETS:
         name, target = TARGETS[a.scenario]

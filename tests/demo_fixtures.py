@@ -47,13 +47,30 @@ def _pretrain(demo_dir: Path, work: Path, *extra: str) -> Path:
 @pytest.fixture(scope="session")
 def pretrained_forecast(demo_dir, demo_workdir) -> Path:
     """A one-epoch SCA2LSTM checkpoint in forecast mode (SEQ_LEN 3, PRED_LEN 1)."""
-    return _pretrain(demo_dir, demo_workdir / "forecast", "--set", "LSTM_HIDDEN_DIM=16",
-                     "--set", "EMBEDDING_DIM=8")
+    return _pretrain(
+        demo_dir,
+        demo_workdir / "forecast",
+        "--set",
+        "LSTM_HIDDEN_DIM=16",
+        "--set",
+        "EMBEDDING_DIM=8",
+    )
 
 
 @pytest.fixture(scope="session")
 def pretrained_simulate(demo_dir, demo_workdir) -> Path:
     """A one-epoch SCA2LSTM checkpoint in simulate mode (30-day windows, last 10 days scored)."""
-    return _pretrain(demo_dir, demo_workdir / "simulate", "--mode", "simulate", "--seq_len", "30",
-                     "--set", "PREDICT_LAST_N=10", "--set", "LSTM_HIDDEN_DIM=16",
-                     "--set", "EMBEDDING_DIM=8")
+    return _pretrain(
+        demo_dir,
+        demo_workdir / "simulate",
+        "--mode",
+        "simulate",
+        "--seq_len",
+        "30",
+        "--set",
+        "PREDICT_LAST_N=10",
+        "--set",
+        "LSTM_HIDDEN_DIM=16",
+        "--set",
+        "EMBEDDING_DIM=8",
+    )

@@ -159,3 +159,12 @@ def test_missing_or_invalid_config_file_raises(tmp_path):
 def test_data_dir_may_be_null_or_a_path():
     assert load_config()["DATA_DIR"] is None
     assert load_config(overrides=["DATA_DIR=/data/camels"])["DATA_DIR"] == "/data/camels"
+
+
+def test_numeric_set_value_for_a_string_key_is_kept_as_text():
+    assert load_config(overrides=["CUDA_VISIBLE_DEVICES=0"])["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+def test_set_cannot_name_a_stage_section():
+    with pytest.raises(UserError, match="keys, not sections"):
+        load_config(overrides=["fine_tune=3"])

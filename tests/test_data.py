@@ -459,8 +459,6 @@ def test_attribute_error_names_attribute_and_basin(camels_gb_dir):
 
 
 def test_conflicting_flags_are_user_errors(camels_gb_dir, dp_args, tmp_path):
-    with pytest.raises(UserError, match="--output_dir"):
-        data_process.main(dp_args(camels_gb_dir, "--output_dir", str(tmp_path)))
     with pytest.raises(UserError, match="--make_demo"):
         data_process.main(dp_args(camels_gb_dir, "--demo_dir", str(tmp_path)))
     with pytest.raises(UserError, match="--demo and --data_dir"):

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import filecmp
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-
 
 from demo_data import (
     ATTRIBUTE_COLUMNS,

@@ -21,8 +21,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def small_args(**kw) -> ModelArgs:
-    base = dict(n_dynamic=9, n_static=4, hidden=8, num_layers=2, dropout=0.0, embedding_dim=6,
-                pred_len=2, mode="forecast", q_channel=7, q_flag_channel=8)
+    base = dict(
+        n_dynamic=9,
+        n_static=4,
+        hidden=8,
+        num_layers=2,
+        dropout=0.0,
+        embedding_dim=6,
+        pred_len=2,
+        mode="forecast",
+        q_channel=7,
+        q_flag_channel=8,
+    )
     base.update(kw)
     return ModelArgs(**base)
 
@@ -64,8 +74,9 @@ def test_missing_discharge_channel_is_masked_and_mean_weight_stays_one():
 def test_states_carry_across_the_window():
     # The first day of the window must influence the prediction (no per-step state reset).
     torch.manual_seed(0)
-    model = SCA2LSTM(small_args(mode="simulate", n_dynamic=7, pred_len=1, q_channel=-1,
-                                q_flag_channel=-1)).eval()
+    model = SCA2LSTM(
+        small_args(mode="simulate", n_dynamic=7, pred_len=1, q_channel=-1, q_flag_channel=-1)
+    ).eval()
     x, static = torch.randn(2, 10, 7), torch.randn(2, 4)
     base = model(x, static)
     x2 = x.clone()
@@ -87,20 +98,40 @@ def test_nse_star_loss_weights_and_masks():
 
 def test_pretrain_outputs_and_checkpoint(pretrained_forecast):  # noqa: F811
     run = pretrained_forecast.parent
-    for name in ("config.yaml", "train.log", "history.csv", "best_model.pth", "last_model.pth",
-                 "training_curve.png", "metrics_test_period.csv", "channel_weights.csv",
-                 "channel_weights.png"):
+    for name in (
+        "config.yaml",
+        "train.log",
+        "history.csv",
+        "best_model.pth",
+        "last_model.pth",
+        "training_curve.png",
+        "metrics_test_period.csv",
+        "channel_weights.csv",
+        "channel_weights.png",
+    ):
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     assert (run.parents[1] / "sca2lstm.pth").is_file()
     ckpt = torch.load(pretrained_forecast, map_location="cpu", weights_only=True)
-    for key in ("model_state_dict", "model_args", "config", "scalers", "features", "channels",
-                "basins", "epoch", "metrics", "stage", "format_version"):
+    for key in (
+        "model_state_dict",
+        "model_args",
+        "config",
+        "scalers",
+        "features",
+        "channels",
+        "basins",
+        "epoch",
+        "metrics",
+        "stage",
+        "format_version",
+    ):
         assert key in ckpt, key
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model_state_dict"])
     assert ckpt["synthetic_data"] is True
     metrics = pd.read_csv(run / "metrics_test_period.csv")
     assert set(metrics["basin"].astype(str)) == set(ckpt["config"]["TEST_BASINS"]) | set(
-        ckpt["config"]["VAL_BASINS"])
+        ckpt["config"]["VAL_BASINS"]
+    )
     for col in ("nse", "kge", "rmse", "mae", "r2", "bias_pct", "persistence_nse"):
         assert metrics[col].notna().all(), col
     history = pd.read_csv(run / "history.csv")
@@ -118,8 +149,19 @@ def test_from_checkpoint_predicts_identically(pretrained_forecast):  # noqa: F81
 
 
 def test_notebook_snippet_with_default_config(demo_dir, tmp_path):  # noqa: F811
-    out = sca2lstm.main(demo_args(demo_dir, tmp_path, "--dry-run", "--train_basins", "32006",
-                                  "--val_basins", "32006", "--test_basins", "22001"))
+    out = sca2lstm.main(
+        demo_args(
+            demo_dir,
+            tmp_path,
+            "--dry-run",
+            "--train_basins",
+            "32006",
+            "--val_basins",
+            "32006",
+            "--test_basins",
+            "22001",
+        )
+    )
     path = tmp_path / "model_output" / "sca2lstm.pth"
     assert path.is_file() and out["checkpoint"].is_file()
     config = load_config()
@@ -129,10 +171,24 @@ def test_notebook_snippet_with_default_config(demo_dir, tmp_path):  # noqa: F811
 
 
 def test_resume_continues_the_run(demo_dir, tmp_path):  # noqa: F811
-    args = demo_args(demo_dir, tmp_path, "--train_basins", "32006", "--val_basins", "32006",
-                     "--test_basins", "22001", "--set", "LSTM_HIDDEN_DIM=8",
-                     "--set", "EMBEDDING_DIM=4", "--set", "TRAIN_START=1990-01-01",
-                     "--set", "PATIENCE=0")
+    args = demo_args(
+        demo_dir,
+        tmp_path,
+        "--train_basins",
+        "32006",
+        "--val_basins",
+        "32006",
+        "--test_basins",
+        "22001",
+        "--set",
+        "LSTM_HIDDEN_DIM=8",
+        "--set",
+        "EMBEDDING_DIM=4",
+        "--set",
+        "TRAIN_START=1990-01-01",
+        "--set",
+        "PATIENCE=0",
+    )
     first = sca2lstm.main([*args, "--epochs", "1"])
     resumed = sca2lstm.main([*args, "--epochs", "2", "--resume", str(first["run_dir"])])
     assert resumed["run_dir"] == first["run_dir"]
@@ -141,10 +197,27 @@ def test_resume_continues_the_run(demo_dir, tmp_path):  # noqa: F811
 
 
 def test_simulate_mode_eval_predicts_each_day_once(demo_dir, tmp_path):  # noqa: F811
-    out = sca2lstm.main(demo_args(demo_dir, tmp_path, "--dry-run", "--mode", "simulate",
-                                  "--seq_len", "20", "--set", "PREDICT_LAST_N=5",
-                                  "--train_basins", "32006", "--val_basins", "32006",
-                                  "--test_basins", "22001", "--set", "LSTM_HIDDEN_DIM=8"))
+    out = sca2lstm.main(
+        demo_args(
+            demo_dir,
+            tmp_path,
+            "--dry-run",
+            "--mode",
+            "simulate",
+            "--seq_len",
+            "20",
+            "--set",
+            "PREDICT_LAST_N=5",
+            "--train_basins",
+            "32006",
+            "--val_basins",
+            "32006",
+            "--test_basins",
+            "22001",
+            "--set",
+            "LSTM_HIDDEN_DIM=8",
+        )
+    )
     metrics = out["metrics"]
     days = (np.datetime64("2008-12-31") - np.datetime64("1998-01-01")).astype(int) + 1
     assert (metrics["n_scored"] <= days).all()
@@ -167,10 +240,14 @@ def test_bad_input_is_one_message_and_leaves_no_run_folder(demo_dir, tmp_path, e
     with pytest.raises(UserError, match=needle):
         sca2lstm.main(demo_args(demo_dir, tmp_path, "--dry-run", *extra))
     assert not (tmp_path / "model_output" / "pretrain").exists() or not any(
-        (tmp_path / "model_output" / "pretrain").iterdir())
+        (tmp_path / "model_output" / "pretrain").iterdir()
+    )
     proc = subprocess.run(
         [sys.executable, str(REPO / "sca2lstm.py"), *demo_args(demo_dir, tmp_path, *extra)],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and needle in proc.stderr
@@ -183,3 +260,66 @@ def test_eval_stride_and_spec_roundtrip():
     assert FeatureSpec.from_dict(spec.to_dict()) == spec
     sim = replace(spec, mode="simulate", predict_last_n=7)
     assert sca2lstm.eval_stride(sim) == 7 and sca2lstm.eval_stride(spec) == 1
+
+
+def test_parallel_two_cpu_processes_match_single_process(demo_dir, tmp_path):  # noqa: F811
+    # Data-parallel (torchrun, Gloo, 2 processes) with the same global batch as one process.
+    common = [
+        "--data_dir",
+        str(demo_dir),
+        "--train_basins",
+        "32006,42003",
+        "--val_basins",
+        "32006",
+        "--test_basins",
+        "22001",
+        "--set",
+        "DROPOUT=0.0",
+        "--set",
+        "TRAIN_START=1992-01-01",
+        "--epochs",
+        "2",
+        "--batch_size",
+        "64",
+        "--accumulation_steps",
+        "1",
+        "--set",
+        f"INPUT_DIR={tmp_path / 'in'}",
+        "--set",
+        "LSTM_HIDDEN_DIM=8",
+        "--set",
+        "EMBEDDING_DIM=4",
+        "--device",
+        "cpu",
+    ]
+    runs = {}
+    for name, launcher in {
+        "parallel": [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(REPO / "sca2lstm.py"),
+            "--parallel",
+        ],
+        "single": [sys.executable, str(REPO / "sca2lstm.py")],
+    }.items():
+        out = tmp_path / name
+        proc = subprocess.run(
+            [*launcher, *common, "--output_dir", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert ("2 processes (DistributedDataParallel, Gloo)" in proc.stdout) == (
+            name == "parallel"
+        )
+        (run,) = list((out / "pretrain").iterdir())  # one run folder: rank 0 writes alone
+        runs[name] = pd.read_csv(run / "history.csv")
+    np.testing.assert_allclose(
+        runs["parallel"]["train_loss"], runs["single"]["train_loss"], rtol=1e-3
+    )
+    np.testing.assert_allclose(runs["parallel"]["val_nse"], runs["single"]["val_nse"], atol=1e-3)
