@@ -303,7 +303,7 @@ def basin_metrics_table(windows: WindowData, pred: np.ndarray, data: InputData, 
             row["persistence_nse"] = nse(obs, prev[same])
             mse_persistence = np.mean((prev[same] - obs) ** 2) if same.any() else 0.0
             row["skill_vs_persistence"] = (
-                1.0 - np.mean((s["sim"][same] - obs) ** 2) / mse_persistence
+                float(1.0 - np.mean((s["sim"][same] - obs) ** 2) / mse_persistence)
                 if mse_persistence > 0
                 else float("nan")
             )
@@ -410,12 +410,14 @@ def plot_training_curve(history: list[dict], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="training loss (NSE*)")
     ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation loss (NSE*)")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss (scaled units)")
     ax2 = ax.twinx()
     ax2.plot(

@@ -1,0 +1,733 @@
+"""Fine-tune a pretrained SCA2LSTM on one catchment.
+
+The checkpoint fixes the model, its scalers, input features, mode and periods; nothing is refitted.
+The target basin's record before the test period is split in time order: the first
+``--fine_tune_ratio`` share trains, the rest validates and early-stops. The test period is only
+scored: the pretrained (zero-shot) and fine-tuned scores are logged and saved side by side.
+
+Usage::
+
+    python fine_train.py --target_basin 32006 --pretrained_model ./model_output/sca2lstm.pth
+    python fine_train.py --target_basin 32006 --pretrained_model ./model_output/sca2lstm.pth \\
+        --unfreeze_embedding --unfreeze_lstm1 --learning_rate 1e-5
+    python fine_train.py --target_basin 32006 --start 1995-01-01 \\
+        --pretrained_model model_output/fine_tune/basin_32006/<run>/best_model_basin_32006.pth
+
+Each run writes ``model_output/fine_tune/basin_<id>/<timestamp>/`` with
+``best_model_basin_<id>.pth``, ``training_curve.png``, ``fine_tune.log``, ``config.yaml``,
+``finetune_history.json`` and ``metrics_before_after.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime as dt
+import math
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from hydrologyDataset import (
+    BasinData,
+    FeatureSpec,
+    InputData,
+    Scalers,
+    WindowData,
+    block_end,
+    load_input_data,
+    resolve_data_dir,
+)
+from sca2lstm import (
+    SCA2LSTM,
+    ModelArgs,
+    basin_metrics_table,
+    checkpoint_payload,
+    eval_stride,
+    output_root,
+    plot_training_curve,
+)
+from utils import (
+    STAGES,
+    TrainSettings,
+    UserError,
+    add_common_args,
+    close_log_files,
+    fit,
+    load_checkpoint,
+    load_config,
+    log,
+    make_run_dir,
+    parse_set,
+    period,
+    positive_int,
+    predict_windows,
+    resolve_device,
+    run_cli,
+    save_checkpoint,
+    seed_everything,
+    setup_logging,
+    validate_config,
+    write_csv,
+    write_json,
+    write_yaml,
+)
+
+__all__ = ["FREEZE_GROUPS", "TimeSplit", "plan_split", "prepare", "fine_tune", "main"]
+
+# Frozen unless released with --unfreeze_<group>; lstm2 and head are always trained.
+FREEZE_GROUPS = ("embedding", "lstm1", "weight_head")
+TRAINED_GROUPS = ("lstm2", "head")
+# The product README advises at least about 5000 valid daily records for fine-tuning.
+MIN_RECORDS = 5000
+# Keys that describe the model's inputs, windows, size, periods and basin lists: they come from the
+# checkpoint, never from the current run (the weights and scalers only make sense with them).
+INHERITED_KEYS = (
+    "MODE",
+    "DYNAMIC_INPUTS",
+    "TARGET",
+    "STATIC_ATTRIBUTES",
+    "SEQ_LEN",
+    "PRED_LEN",
+    "PREDICT_LAST_N",
+    "LSTM_HIDDEN_DIM",
+    "DROPOUT",
+    "EMBEDDING_DIM",
+    "NUM_LAYERS",
+    "TRAIN_START",
+    "TRAIN_END",
+    "VAL_START",
+    "VAL_END",
+    "TEST_START",
+    "TEST_END",
+    "TRAIN_BASINS",
+    "VAL_BASINS",
+    "TEST_BASINS",
+)
+CHECKPOINT_NAME = "best_model_basin_{basin}.pth"
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def iso_date(text: str) -> np.datetime64:
+    """argparse type for a YYYY-MM-DD date."""
+    try:
+        return np.datetime64(dt.date.fromisoformat(text.strip()), "D")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; write YYYY-MM-DD") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=(
+            "Fine-tune a pretrained SCA2LSTM on one CAMELS-GB basin. Flags left out take their "
+            "value from run.config (its fine_tune section); the model, scalers, inputs and "
+            "periods come from the checkpoint."
+        ),
+    )
+    parser.add_argument("--target_basin", required=True, metavar="ID", help="gauge id, e.g. 32006")
+    parser.add_argument(
+        "--pretrained_model",
+        required=True,
+        metavar="PATH",
+        help="SCA2LSTM checkpoint (model_output/sca2lstm.pth or an earlier fine-tuned one)",
+    )
+    parser.add_argument("--epochs", type=positive_int, help="epochs (N_EPOCHS)")
+    parser.add_argument("--batch_size", type=positive_int, help="BATCH_SIZE (and BATCH_SIZE_GPU)")
+    parser.add_argument("--learning_rate", type=float, help="LR (and LR_GPU)")
+    parser.add_argument("--weight_decay", type=float, help="AdamW WEIGHT_DECAY")
+    parser.add_argument("--patience", type=int, help="early-stopping PATIENCE in epochs")
+    parser.add_argument(
+        "--fine_tune_ratio",
+        type=float,
+        help="FINE_TUNE_RATIO: share of the record, in time order, that trains; the rest validates",
+    )
+    for group, what in (
+        ("embedding", "the static-attribute embedding"),
+        ("lstm1", "the first (context) LSTM"),
+        ("weight_head", "the channel-weight head"),
+    ):
+        parser.add_argument(f"--unfreeze_{group}", action="store_true", help=f"also train {what}")
+    parser.add_argument(
+        "--start",
+        type=iso_date,
+        help="first day of the record to tune on (default: the first observed discharge)",
+    )
+    parser.add_argument(
+        "--end",
+        type=iso_date,
+        help="last day of the record to tune on (default and latest: the day before TEST_START)",
+    )
+    parser.add_argument("--seed", type=int, help="SEED")
+    parser.add_argument("--no_cuda", action="store_true", help="run on the CPU")
+    parser.add_argument("--demo", action="store_true", help="use the synthetic demo dataset")
+    add_common_args(parser)
+    return parser
+
+
+def resolve_fine_tune_config(args: argparse.Namespace) -> dict:
+    """run.config -> its fine_tune section -> --config -> --set -> flags (before the checkpoint)."""
+    flags = {
+        "N_EPOCHS": args.epochs,
+        "PATIENCE": args.patience,
+        "WEIGHT_DECAY": args.weight_decay,
+        "FINE_TUNE_RATIO": args.fine_tune_ratio,
+        "SEED": args.seed,
+        "OUTPUT_DIR": args.output_dir,
+    }
+    if args.batch_size is not None:
+        flags["BATCH_SIZE"] = flags["BATCH_SIZE_GPU"] = args.batch_size
+    if args.learning_rate is not None:
+        flags["LR"] = flags["LR_GPU"] = args.learning_rate
+    config = load_config(args.config, stage="fine_tune", overrides=args.set, flags=flags)
+    if not config["WEIGHT_DECAY"] >= 0:
+        raise UserError(
+            f"WEIGHT_DECAY (--weight_decay) must be 0 or more, got {config['WEIGHT_DECAY']}"
+        )
+    return config
+
+
+def explicit_keys(args: argparse.Namespace) -> set[str]:
+    """Config keys the user set on purpose (--set, or a --config file's top level/fine_tune)."""
+    keys = set(parse_set(args.set))
+    if args.config:
+        data = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+        keys |= {k for k in data if k not in STAGES}
+        keys |= set(data.get("fine_tune") or {})
+    return keys
+
+
+# --------------------------------------------------------------------------- checkpoint
+
+
+def model_from_checkpoint(ckpt: dict, path: Path) -> tuple[SCA2LSTM, FeatureSpec, Scalers]:
+    """Rebuild the model, its features and scalers from a loaded checkpoint.
+
+    Raises
+    ------
+    UserError
+        Not an SCA2LSTM checkpoint, missing entries, or parts that do not fit together.
+    """
+    if ckpt.get("model_class") != "SCA2LSTM":
+        raise UserError(
+            f"{path} holds a {ckpt.get('model_class')}, not an SCA2LSTM; fine_train.py tunes "
+            "checkpoints of sca2lstm.py (model_output/sca2lstm.pth) or of earlier fine-tuning runs"
+        )
+    missing = [
+        k for k in ("model_args", "features", "scalers", "config", "channels") if k not in ckpt
+    ]
+    if missing:
+        raise UserError(
+            f"{path} lacks {', '.join(missing)}; it is not a complete SCA2LSTM checkpoint"
+        )
+    try:
+        spec = FeatureSpec.from_dict(ckpt["features"])
+        scalers = Scalers.from_dict(ckpt["scalers"])
+        model = SCA2LSTM(ModelArgs(**ckpt["model_args"]))
+        model.load_state_dict(ckpt["model_state_dict"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise UserError(
+            f"{path} does not hold a loadable SCA2LSTM ({type(err).__name__}: {reason}); "
+            "retrain it with this toolkit"
+        ) from None
+    args = model.args
+    problems = []
+    if list(ckpt["channels"]) != list(spec.channels) or args.n_dynamic != len(spec.channels):
+        problems.append(f"{args.n_dynamic} input channels vs channels {list(ckpt['channels'])}")
+    if args.n_static != len(spec.static_attributes):
+        problems.append(
+            f"{args.n_static} static inputs vs {len(spec.static_attributes)} attributes"
+        )
+    if len(scalers.dynamic_mean) != len(spec.dynamic_inputs) or len(scalers.static_mean) != len(
+        spec.static_attributes
+    ):
+        problems.append("scalers of another feature list")
+    if args.mode != spec.mode:
+        problems.append(f"model mode {args.mode} vs feature mode {spec.mode}")
+    if problems:
+        raise UserError(f"{path} is inconsistent ({'; '.join(problems)}); retrain it")
+    return model, spec, scalers
+
+
+def merge_checkpoint_config(run_config: dict, ckpt: dict, explicit: set[str], path: Path) -> dict:
+    """The run's config with INHERITED_KEYS taken from the checkpoint's config.
+
+    Raises
+    ------
+    UserError
+        The checkpoint's config lacks keys, or the user set an inherited key to another value.
+    """
+    saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
+    missing = [k for k in INHERITED_KEYS if k not in saved]
+    if missing:
+        raise UserError(f"{path} has no {', '.join(missing)} in its config; retrain it")
+    clash = [k for k in INHERITED_KEYS if k in explicit and run_config[k] != saved[k]]
+    if clash:
+        given = ", ".join(f"{k}={run_config[k]!r} (checkpoint: {saved[k]!r})" for k in clash)
+        raise UserError(
+            f"{given}: the model's inputs, windows, size and periods come from the checkpoint "
+            f"{path} and cannot change when fine-tuning; drop them from --set/--config"
+        )
+    config = {**run_config, **{k: saved[k] for k in INHERITED_KEYS}}
+    validate_config(config)
+    return config
+
+
+# --------------------------------------------------------------------------- the time split
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    """The target basin's record split in time order; all dates inclusive, datetime64[D].
+
+    ``train_start..train_end`` trains, ``val_start..val_end`` validates and early-stops, both end
+    before ``test_start``; ``test_start..test_end`` is only scored. ``n_valid`` counts the valid
+    daily records (observed target, complete forcings) of the two blocks, ``n_test`` those of the
+    test period.
+    """
+
+    train_start: np.datetime64
+    train_end: np.datetime64
+    val_start: np.datetime64
+    val_end: np.datetime64
+    test_start: np.datetime64
+    test_end: np.datetime64
+    n_valid: int
+    n_test: int
+
+    def to_dict(self) -> dict:
+        return {
+            k: str(v) if isinstance(v, np.datetime64) else int(v) for k, v in vars(self).items()
+        }
+
+
+def valid_days(basin: BasinData, spec: FeatureSpec) -> np.ndarray:
+    """``[T]`` bool: the target is observed and every forcing of ``spec`` is present."""
+    ok = np.isfinite(basin.column(spec.target))
+    for column in spec.forcings:
+        ok &= np.isfinite(basin.column(column))
+    return ok
+
+
+def plan_split(
+    basin: BasinData,
+    spec: FeatureSpec,
+    config: dict,
+    ratio: float,
+    start: np.datetime64 | None = None,
+    end: np.datetime64 | None = None,
+) -> TimeSplit:
+    """Split the basin's record before TEST_START in time order (never at random).
+
+    The record runs from the first valid day on or after ``start`` (default: the first one) to
+    the last valid day on or before ``end`` (default and latest: the day before TEST_START).
+    :func:`hydrologyDataset.block_end` puts the first ``ratio`` share of those days in the
+    training block; the rest is the validation block.
+
+    Raises
+    ------
+    UserError
+        ``end`` inside or after the test period, ``start`` after ``end``, no valid record, or a
+        block without a valid record.
+    """
+    test_start, test_end = period(config, "test")
+    limit = test_start - np.timedelta64(1, "D")
+    if end is not None and end > limit:
+        raise UserError(
+            f"--end {end} reaches into the test period ({test_start}..{test_end}, from the "
+            f"checkpoint's config): fine-tuning uses only the record up to {limit}"
+        )
+    lo = start if start is not None else basin.start
+    hi = end if end is not None else limit
+    if lo > hi:
+        raise UserError(f"--start {lo} is after the end of the record to tune on ({hi})")
+    dates = basin.dates()
+    ok = valid_days(basin, spec)
+    inside = ok & (dates >= lo) & (dates <= hi)
+    n_valid = int(inside.sum())
+    if n_valid == 0:
+        raise UserError(
+            f"basin {basin.basin} has no valid record (observed {spec.target} with complete "
+            f"forcings) in {lo}..{hi}; choose another basin or other --start/--end dates"
+        )
+    first, last = dates[inside][0], dates[inside][-1]
+    train_end = block_end(first, last, ratio)
+    n_train = int((inside & (dates <= train_end)).sum())
+    if n_train == 0 or n_train == n_valid:
+        block = "training" if n_train == 0 else "validation"
+        raise UserError(
+            f"--fine_tune_ratio {ratio} splits {first}..{last} of basin {basin.basin} so that the "
+            f"{block} block holds no valid record ({n_valid} in all); change --fine_tune_ratio "
+            "or --start/--end"
+        )
+    n_test = int((ok & (dates >= test_start) & (dates <= test_end)).sum())
+    return TimeSplit(
+        first,
+        train_end,
+        train_end + np.timedelta64(1, "D"),
+        last,
+        test_start,
+        test_end,
+        n_valid,
+        n_test,
+    )
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+@dataclass
+class FineTuneJob:
+    """Everything a run needs, checked before its folder exists."""
+
+    basin: str
+    parent: Path
+    ckpt: dict
+    model: SCA2LSTM
+    spec: FeatureSpec
+    scalers: Scalers
+    config: dict
+    data: InputData
+    split: TimeSplit
+    train: WindowData
+    val: WindowData
+    test: WindowData | None
+    unfrozen: list[str]
+    device: torch.device
+
+
+def freeze(model: SCA2LSTM, unfrozen: Sequence[str]) -> None:
+    """Freeze FREEZE_GROUPS except ``unfrozen``; TRAINED_GROUPS are always trainable."""
+    for group in FREEZE_GROUPS + TRAINED_GROUPS:
+        trainable = group in TRAINED_GROUPS or group in unfrozen
+        for param in getattr(model, group).parameters():
+            param.requires_grad_(trainable)
+
+
+def prepare(args: argparse.Namespace) -> FineTuneJob:
+    """Check every input and build the model and windows; writes no run folder.
+
+    Raises
+    ------
+    UserError
+        Any bad input: config values, basin id, checkpoint, data, dates, ratio.
+    """
+    run_config = resolve_fine_tune_config(args)
+    basin = str(args.target_basin).strip()
+    if not basin.isdigit():
+        raise UserError(f"--target_basin {basin!r} is not a CAMELS-GB gauge id (e.g. 32006)")
+    parent = Path(args.pretrained_model).expanduser()
+    ckpt = load_checkpoint(parent)
+    model, spec, scalers = model_from_checkpoint(ckpt, parent)
+    config = merge_checkpoint_config(run_config, ckpt, explicit_keys(args), parent)
+    try:
+        data_dir = resolve_data_dir(args.data_dir, config, demo=args.demo)
+    except UserError as err:
+        trained_on = ckpt.get("data_dir")
+        if args.demo or args.data_dir or not trained_on:
+            raise
+        raise UserError(f"{err} (the checkpoint was trained on {trained_on})") from None
+    device = resolve_device(args.device, args.no_cuda, config)
+    data = load_input_data(config, data_dir, [basin])
+    spec.check(data)
+    split = plan_split(
+        data.basins[basin], spec, config, config["FINE_TUNE_RATIO"], args.start, args.end
+    )
+    win_device = device if config["DATA_PATH"] == "resident" else torch.device("cpu")
+    stride = eval_stride(spec)
+    train = WindowData(
+        data, spec, scalers, [basin], split.train_start, split.train_end, device=win_device
+    )
+    val = WindowData(
+        data, spec, scalers, [basin], split.val_start, split.val_end, device=device, stride=stride
+    )
+    test = None
+    if split.n_test:
+        test = WindowData(
+            data,
+            spec,
+            scalers,
+            [basin],
+            split.test_start,
+            split.test_end,
+            device=device,
+            stride=stride,
+        )
+    unfrozen = [g for g in FREEZE_GROUPS if getattr(args, f"unfreeze_{g}")]
+    freeze(model, unfrozen)
+    model.to(device)
+    return FineTuneJob(
+        basin=basin,
+        parent=parent,
+        ckpt=ckpt,
+        model=model,
+        spec=spec,
+        scalers=scalers,
+        config=config,
+        data=data,
+        split=split,
+        train=train,
+        val=val,
+        test=test,
+        unfrozen=unfrozen,
+        device=device,
+    )
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def score(job: FineTuneJob, batch_size: int, label: str) -> pd.DataFrame:
+    """Per-period scores of the model as it is now (validation block and test period)."""
+    frames = []
+    sets = (
+        ("validation", job.val, job.split.val_start, job.split.val_end),
+        ("test", job.test, job.split.test_start, job.split.test_end),
+    )
+    for name, windows, start, end in sets:
+        if windows is None:
+            continue
+        pred = predict_windows(job.model, windows, batch_size=batch_size)
+        table = basin_metrics_table(windows, pred, job.data, {}).drop(columns="group")
+        table.insert(0, "model", label)
+        table.insert(0, "end", str(end))
+        table.insert(0, "start", str(start))
+        table.insert(0, "period", name)
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)
+
+
+def summarise(metrics: pd.DataFrame) -> dict:
+    """period -> zero-shot and fine-tuned NSE and KGE, and the NSE change."""
+    out = {}
+    for name, rows in metrics.groupby("period", sort=False):
+        by = rows.set_index("model")
+        zero, tuned = by.loc["zero_shot"], by.loc["fine_tuned"]
+        out[name] = {
+            "zero_shot_nse": float(zero["nse"]),
+            "fine_tuned_nse": float(tuned["nse"]),
+            "delta_nse": float(tuned["nse"] - zero["nse"]),
+            "zero_shot_kge": float(zero["kge"]),
+            "fine_tuned_kge": float(tuned["kge"]),
+        }
+    return out
+
+
+def _cudnn_guard(job: FineTuneJob):
+    # cuDNN refuses an RNN backward in eval mode. A frozen lstm1 stays in eval mode, and with a
+    # trainable embedding the gradient has to pass through it: use the native LSTM kernels then.
+    if job.device.type == "cuda" and "embedding" in job.unfrozen and "lstm1" not in job.unfrozen:
+        return torch.backends.cudnn.flags(enabled=False)
+    return contextlib.nullcontext()
+
+
+def fine_tune(job: FineTuneJob, run_dir: Path) -> dict:
+    """Fine-tune ``job.model`` and write the run's files into ``run_dir``.
+
+    Returns
+    -------
+    dict
+        ``run_dir``, ``checkpoint``, ``metrics`` (DataFrame: period x zero_shot/fine_tuned),
+        ``summary``, ``history``, ``split``, ``best_epoch``.
+    """
+    basin, config, model, spec, split = job.basin, job.config, job.model, job.spec, job.split
+    b = job.data.basins[basin]
+    log.info("run folder %s", run_dir)
+    write_yaml(run_dir / "config.yaml", config)
+    log.info("resolved config: %s", {k: config[k] for k in sorted(config)})
+    log.info(
+        "fine-tuning basin %s (%s) from %s (stage %s, %s mode, %d channels)",
+        basin,
+        b.name,
+        job.parent,
+        job.ckpt.get("stage"),
+        spec.mode,
+        len(spec.channels),
+    )
+    tuned_for = job.ckpt.get("target_basin")
+    if tuned_for and tuned_for != basin:
+        log.warning(
+            "%s was fine-tuned for basin %s, now tuned for %s", job.parent, tuned_for, basin
+        )
+    if basin in config["TRAIN_BASINS"]:
+        log.info("basin %s was a pretraining basin: its zero-shot score is not unseen", basin)
+    if bool(job.ckpt.get("synthetic_data")) != job.data.synthetic:
+        log.warning(
+            "the checkpoint was trained on %s data, the target basin's data are %s",
+            "synthetic" if job.ckpt.get("synthetic_data") else "real",
+            "synthetic" if job.data.synthetic else "real",
+        )
+    frozen = [g for g in FREEZE_GROUPS if g not in job.unfrozen]
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info(
+        "frozen: %s; trained: %s (%d of %d parameters)",
+        ", ".join(frozen) or "none",
+        ", ".join([*job.unfrozen, *TRAINED_GROUPS]),
+        n_train,
+        sum(p.numel() for p in model.parameters()),
+    )
+    log.info(
+        "training block %s..%s (%d windows), validation block %s..%s (%d windows); "
+        "test period %s..%s is only scored",
+        split.train_start,
+        split.train_end,
+        len(job.train),
+        split.val_start,
+        split.val_end,
+        len(job.val),
+        split.test_start,
+        split.test_end,
+    )
+    if split.n_valid < MIN_RECORDS:
+        log.warning(
+            "basin %s has %d valid daily records in %s..%s, fewer than the about %d advised: "
+            "scores will be noisy; keep layers frozen and epochs few",
+            basin,
+            split.n_valid,
+            split.train_start,
+            split.val_end,
+            MIN_RECORDS,
+        )
+    if job.test is None:
+        log.warning("basin %s has no valid record in the test period: no test scores", basin)
+
+    settings = TrainSettings.from_config(config, job.device)
+    eval_batch = max(1024, settings.batch_size)
+    zero = score(job, eval_batch, "zero_shot")
+    # For one basin this is the score fit() early-stops on (the median NSE over basins).
+    zero_val_nse = float(zero.loc[zero["period"] == "validation", "nse"].iloc[0])
+    log.info("zero-shot (pretrained) validation NSE %.4f", zero_val_nse)
+    pretrained_state = copy.deepcopy(model.state_dict())
+    history_path = run_dir / "finetune_history.json"
+
+    def history_doc(history: list[dict], best_epoch: int) -> dict:
+        return {
+            "target_basin": basin,
+            "parent": str(job.parent.resolve()),
+            "split": split.to_dict(),
+            "unfrozen": job.unfrozen,
+            "zero_shot_val_nse": zero_val_nse,
+            "best_epoch": best_epoch,
+            "epochs": history,
+        }
+
+    def on_epoch(record, model_, is_best, state) -> None:
+        write_json(history_path, history_doc(state["history"], state["best_epoch"]))
+
+    with _cudnn_guard(job):
+        result = fit(model, job.train, job.val, settings, job.device, on_epoch=on_epoch)
+    best_epoch = result.best_epoch
+    if math.isfinite(zero_val_nse) and not result.best_score > zero_val_nse:
+        log.warning(
+            "no epoch beat the pretrained model on the validation block (best NSE %.4f vs "
+            "zero-shot %.4f): keeping the pretrained weights",
+            result.best_score,
+            zero_val_nse,
+        )
+        model.load_state_dict(pretrained_state)
+        best_epoch = 0
+    tuned = score(job, eval_batch, "fine_tuned")
+    metrics = pd.concat([zero, tuned], ignore_index=True)
+    if job.data.synthetic:
+        metrics.insert(0, "data", "SYNTHETIC")
+    write_csv(run_dir / "metrics_before_after.csv", metrics)
+    summary = summarise(metrics)
+    for name, s in summary.items():
+        log.info(
+            "%-10s NSE zero-shot %.3f -> fine-tuned %.3f (%+.3f); KGE %.3f -> %.3f",
+            name,
+            s["zero_shot_nse"],
+            s["fine_tuned_nse"],
+            s["delta_nse"],
+            s["zero_shot_kge"],
+            s["fine_tuned_kge"],
+        )
+    write_json(history_path, history_doc(result.history, best_epoch))
+    plot_training_curve(
+        result.history,
+        run_dir / "training_curve.png",
+        f"Fine-tuning basin {basin} {b.name} ({spec.mode})",
+    )
+
+    entry = {
+        "basin": basin,
+        "start": str(split.train_start),
+        "end": str(split.val_end),
+        "ratio": float(config["FINE_TUNE_RATIO"]),
+        "train_end": str(split.train_end),
+        "unfrozen": list(job.unfrozen),
+        "epochs": len(result.history),
+        "best_epoch": best_epoch,
+        "parent": str(job.parent.resolve()),
+    }
+    tuning_history = [*(job.ckpt.get("tuning_history") or []), entry]
+    checkpoint = run_dir / CHECKPOINT_NAME.format(basin=basin)
+    save_checkpoint(
+        checkpoint,
+        checkpoint_payload(
+            model,
+            config,
+            spec,
+            job.scalers,
+            job.data,
+            "fine_tune",
+            best_epoch,
+            {
+                "summary": summary,
+                "zero_shot_val_nse": zero_val_nse,
+                "best_val_nse": result.best_score if best_epoch else zero_val_nse,
+                "per_period": metrics.to_dict(orient="records"),
+            },
+            parent=str(job.parent.resolve()),
+            extra={
+                "target_basin": basin,
+                "freeze": {g: g not in job.unfrozen for g in FREEZE_GROUPS},
+                "unfrozen": list(job.unfrozen),
+                "split": split.to_dict(),
+                "tuning_history": tuning_history,
+                "history": result.history,
+            },
+        ),
+    )
+    log.info("fine-tuned checkpoint %s (best epoch %d)", checkpoint, best_epoch)
+    return {
+        "run_dir": run_dir,
+        "checkpoint": checkpoint,
+        "metrics": metrics,
+        "summary": summary,
+        "history": result.history,
+        "split": split.to_dict(),
+        "best_epoch": best_epoch,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Command-line entry point; returns what :func:`fine_tune` returns."""
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    job = prepare(args)
+    seed_everything(job.config["SEED"])
+    # Every input is checked above; a failure from here on removes the whole run folder.
+    run_dir = make_run_dir(output_root(job.config) / "fine_tune" / f"basin_{job.basin}")
+    try:
+        setup_logging(run_dir / "fine_tune.log")
+        return fine_tune(job, run_dir)
+    except BaseException:
+        close_log_files()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        close_log_files()
+
+
+if __name__ == "__main__":
+    run_cli(main)

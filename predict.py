@@ -1,0 +1,977 @@
+"""Predictions, metrics and plots from any checkpoint of the toolkit (SCA2LSTM, PSO-LSTM).
+
+The model, its scalers, input features and mode are rebuilt from the checkpoint alone; nothing is
+refitted. Every day of the range with a full input window is predicted; days without observed
+discharge (gaps, or the days after the last observation) are predicted and left unscored.
+
+Usage::
+
+    python predict.py --model ./model_output/fine_tune/basin_32006/*/best_model_basin_32006.pth \\
+        --basin 32006
+    python predict.py --model model_output/sca2lstm.pth --basins all --start 2000-01-01 \\
+        --end 2000-12-31 --export_weights
+    python predict.py --model model_output/sca2lstm.pth --basin 22001 \\
+        --compare model_output/pso_lstm/basin_22001/*/best_model.pth
+
+Outputs, in a new run folder ``<OUTPUT_DIR>/predict/<YYYYmmdd_HHMMSS>/`` (built in a hidden
+temporary folder and renamed at the end, so a failed run leaves no folder behind):
+
+- ``predictions.csv``: date, basin, model, lead (forecast: days ahead; simulate: 0), obs_mm_day,
+  sim_mm_day, obs_m3s, sim_m3s; one row per target day and lead.
+- ``metrics.csv`` (one row per model and basin) and ``metrics.json`` (the same, plus the run's
+  settings and notes): NSE, KGE with r/alpha/beta, RMSE and MAE in mm/day and m³/s, R², bias %,
+  the number of scored days; in forecast mode also persistence NSE and the skill over it.
+- ``config.yaml`` (resolved config) and ``predict.log``.
+- Per basin (first model, lead 1 in forecast mode): ``hydrograph_<id>.png``, ``scatter_<id>.png``,
+  ``residuals_<id>.png``, ``fdc_<id>.png``; with ``--compare`` also ``compare_hydrograph_<id>.png``.
+- ``--export_weights`` (SCA2LSTM): ``channel_weights_daily.csv`` (date = last input day of the
+  window, basin, step 0..L-1 with L-1 that day, channel, weight), ``channel_weights_mean.csv``,
+  ``channel_weights_season.csv`` (DJF/MAM/JJA/SON) and ``channel_weights.png``. The weights show
+  what the model uses, not causal importance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import glob
+import importlib
+import logging
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hydrologyDataset import (
+    FeatureSpec,
+    InputData,
+    Scalers,
+    WindowData,
+    find_source,
+    load_input_data,
+    resolve_data_dir,
+)
+from sca2lstm import basin_metrics_table, eval_stride, output_root, plot_channel_weights
+from utils import (
+    ROOT,
+    UserError,
+    add_common_args,
+    close_log_files,
+    csv_list,
+    load_checkpoint,
+    load_config,
+    log,
+    make_run_dir,
+    mm_per_day_to_m3s,
+    predict_windows,
+    progress,
+    resolve_device,
+    run_cli,
+    save_figure,
+    series_by_basin,
+    setup_logging,
+    write_csv,
+    write_json,
+    write_yaml,
+)
+
+__all__ = ["MODEL_CLASSES", "build_model", "build_parser", "main"]
+
+# Model class name in a checkpoint -> module defining it. Modules are imported only when a
+# checkpoint names their class; every class offers ``from_checkpoint(path, map_location)``.
+MODEL_CLASSES: dict[str, str] = {"SCA2LSTM": "sca2lstm", "PSOLSTM": "pso_lstm"}
+SEASONS = ("DJF", "MAM", "JJA", "SON")
+_SEASON_OF_MONTH = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 0])  # index: month 1..12
+METRIC_COLUMNS = (
+    "model", "basin", "gauge_name", "group", "n_scored", "nse", "kge", "kge_r", "kge_alpha",
+    "kge_beta", "rmse_mm_day", "mae_mm_day", "rmse_m3s", "mae_m3s", "r2", "bias_pct",
+    "persistence_nse", "skill_vs_persistence", "checkpoint",
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint and everything rebuilt from it."""
+
+    path: Path
+    ckpt: dict
+    model: torch.nn.Module
+    spec: FeatureSpec
+    scalers: Scalers
+    label: str = ""
+
+    @property
+    def model_class(self) -> str:
+        return self.ckpt["model_class"]
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.ckpt.get("synthetic_data", False))
+
+
+def build_model(ckpt: dict, path: str | Path) -> torch.nn.Module:
+    """Rebuild the model a checkpoint holds, weights loaded, in eval mode on the CPU.
+
+    Parameters
+    ----------
+    ckpt : dict
+        The checkpoint as :func:`utils.load_checkpoint` returns it.
+    path : str or Path
+        Its file, handed to the class's ``from_checkpoint``.
+
+    Raises
+    ------
+    UserError
+        A model class that is not in :data:`MODEL_CLASSES`, or whose module is missing.
+    """
+    name = ckpt["model_class"]
+    module_name = MODEL_CLASSES.get(name)
+    if module_name is None:
+        raise UserError(
+            f"{path} holds a {name} model; predict.py reads {', '.join(MODEL_CLASSES)} checkpoints"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:
+            raise
+        raise UserError(
+            f"{path} holds a {name} model, defined in {module_name}.py, which this copy of the "
+            "toolkit does not have; update the toolkit or pass another checkpoint"
+        ) from None
+    cls = getattr(module, name, None)
+    if cls is None or not hasattr(cls, "from_checkpoint"):
+        raise UserError(f"{module_name}.py defines no {name} with from_checkpoint; update it")
+    return cls.from_checkpoint(path, map_location="cpu").eval()
+
+
+def load_model(path: Path, device: torch.device) -> LoadedModel:
+    """Read a checkpoint and rebuild model, features and scalers from it (never refitted)."""
+    ckpt = load_checkpoint(path)
+    missing = [k for k in ("features", "scalers") if k not in ckpt]
+    if missing:
+        raise UserError(
+            f"{path} lacks {' and '.join(missing)}, so its inputs cannot be rebuilt; "
+            "use a checkpoint written by sca2lstm.py, fine_train.py or pso_lstm.py"
+        )
+    try:
+        spec = FeatureSpec.from_dict(ckpt["features"])
+        scalers = Scalers.from_dict(ckpt["scalers"])
+    except TypeError as err:
+        raise UserError(
+            f"{path} holds features or scalers this toolkit cannot read ({err})"
+        ) from None
+    model = build_model(ckpt, path).to(device)
+    return LoadedModel(Path(path), ckpt, model, spec, scalers)
+
+
+def resolve_checkpoint(patterns: Sequence[str], flag: str) -> Path:
+    """One checkpoint from paths or glob patterns: the newest (mtime) when several match.
+
+    Raises
+    ------
+    UserError
+        A pattern without a match, or a named file that does not exist.
+    """
+    found: list[str] = []
+    for pattern in patterns:
+        expanded = os.path.expanduser(pattern)
+        if any(c in expanded for c in "*?["):
+            matches = sorted(p for p in glob.glob(expanded) if os.path.isfile(p))
+            if not matches:
+                raise UserError(
+                    f"{flag} {pattern}: no file matches; check the path (fine-tuned models are "
+                    "model_output/fine_tune/basin_<id>/<timestamp>/best_model_basin_<id>.pth)"
+                )
+            found += matches
+        else:
+            if not os.path.isfile(expanded):
+                raise UserError(f"{flag} {pattern}: checkpoint not found; check the path")
+            found.append(expanded)
+    found = list(dict.fromkeys(found))
+    if len(found) == 1:
+        return Path(found[0])
+    newest = max(found, key=lambda p: (os.path.getmtime(p), p))
+    stamp = dt.datetime.fromtimestamp(os.path.getmtime(newest)).isoformat(timespec="seconds")
+    log.info(
+        "%s matches %d files; using the newest, %s (modified %s); not used: %s",
+        flag,
+        len(found),
+        newest,
+        stamp,
+        ", ".join(p for p in found if p != newest),
+    )
+    return Path(newest)
+
+
+def _labels(models: list[LoadedModel]) -> list[str]:
+    """Short unique names: class, stage, mode and window length (+ run folder when needed)."""
+    labels = [
+        f"{m.model_class}_{m.ckpt.get('stage', 'model')}_{m.spec.mode}_L{m.spec.seq_len}"
+        for m in models
+    ]
+    dup = {lab for lab in labels if labels.count(lab) > 1}
+    labels = [
+        f"{lab}_{m.path.parent.name}" if lab in dup else lab
+        for lab, m in zip(labels, models, strict=True)
+    ]
+    return [lab if labels.count(lab) == 1 else f"{lab}_{i + 1}" for i, lab in enumerate(labels)]
+
+
+def checkpoint_basin(ckpt: dict) -> str | None:
+    """The one basin a fine-tuned or PSO-LSTM checkpoint was trained for (None otherwise)."""
+    for key in ("target_basin", "basin", "basin_id"):
+        value = ckpt.get(key)
+        if isinstance(value, (str, int)) and str(value).strip():
+            return str(value).strip()
+    if ckpt.get("stage") in ("fine_tune", "pso_lstm"):
+        train = (ckpt.get("basins") or {}).get("TRAIN_BASINS") or []
+        if len(train) == 1:
+            return str(train[0])
+    return None
+
+
+def basin_groups(ckpt: dict) -> dict[str, str]:
+    """Basin -> its role in the checkpoint's training (train / validation / test)."""
+    lists = ckpt.get("basins") or {}
+    group: dict[str, str] = {}
+    for key, name in (("TEST_BASINS", "test"), ("VAL_BASINS", "validation")):
+        group.update({str(b): name for b in lists.get(key) or []})
+    group.update({str(b): "train" for b in lists.get("TRAIN_BASINS") or []})
+    own = checkpoint_basin(ckpt)
+    if own:
+        group[own] = "train"
+    return group
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Predict with a checkpoint; write predictions, metrics and plots "
+        "(defaults from run.config and the checkpoint).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--model",
+        nargs="+",
+        required=True,
+        metavar="CKPT",
+        help="checkpoint path or glob (quoted or expanded by the shell); when several files "
+        "match, the newest is used",
+    )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--basin", type=csv_list, help="basin id(s), e.g. 32006 or 22001,22006")
+    which.add_argument(
+        "--basins",
+        help="comma-separated basin ids, or 'all' for every basin in the data folder "
+        "(default: the checkpoint's basin, else its test basins)",
+    )
+    parser.add_argument(
+        "--start", help="first day, YYYY-MM-DD (default: the checkpoint's test start)"
+    )
+    parser.add_argument("--end", help="last day, YYYY-MM-DD (default: the checkpoint's test end)")
+    parser.add_argument("--no_plots", action="store_true", help="write no PNG plots")
+    parser.add_argument(
+        "--export_weights",
+        action="store_true",
+        help="export the SCA2LSTM channel weights per day, per basin and season, and a heat map",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="CKPT",
+        help="more checkpoints (each a path or a quoted glob) run on the same basins and days",
+    )
+    parser.add_argument("--log_scale", action="store_true", help="log axes on the scatter plot")
+    parser.add_argument("--demo", action="store_true", help="use the synthetic demo dataset")
+    add_common_args(parser)
+    return parser
+
+
+def _day(flag: str, text: str) -> np.datetime64:
+    try:
+        return np.datetime64(dt.date.fromisoformat(text.strip()), "D")
+    except ValueError:
+        raise UserError(f"{flag} {text!r} is not a date; write it as YYYY-MM-DD") from None
+
+
+def resolve_period(args: argparse.Namespace, ckpt: dict) -> tuple[np.datetime64, np.datetime64]:
+    """``--start``/``--end``, else the checkpoint's test period."""
+    config = ckpt.get("config") or {}
+    values = []
+    for flag, given, key in (
+        ("--start", args.start, "TEST_START"),
+        ("--end", args.end, "TEST_END"),
+    ):
+        if given is None and key not in config:
+            raise UserError(f"the checkpoint holds no {key}; pass {flag} YYYY-MM-DD")
+        values.append(_day(flag, given) if given is not None else _day(key, config[key]))
+    start, end = values
+    if end < start:
+        said_end = "--end" if args.end is not None else "the checkpoint's test end"
+        said_start = "--start" if args.start is not None else "the checkpoint's test start"
+        raise UserError(f"{said_end} {end} is before {said_start} {start}; fix the dates")
+    return start, end
+
+
+def resolve_basins(args: argparse.Namespace, ckpt: dict, data_dir: Path) -> list[str]:
+    """``--basin``/``--basins``, else the checkpoint's basin, else its test basins."""
+    if args.basin:
+        return list(dict.fromkeys(args.basin))
+    if args.basins:
+        if args.basins.strip().lower() == "all":
+            return find_source(data_dir).basins
+        try:
+            return list(dict.fromkeys(csv_list(args.basins)))
+        except argparse.ArgumentTypeError:
+            raise UserError("--basins needs basin ids, e.g. 22001,22006, or 'all'") from None
+    own = checkpoint_basin(ckpt)
+    if own:
+        return [own]
+    test = (ckpt.get("basins") or {}).get("TEST_BASINS") or (ckpt.get("config") or {}).get(
+        "TEST_BASINS"
+    )
+    if not test:
+        raise UserError("the checkpoint names no test basins; pass --basin or --basins")
+    return [str(b) for b in test]
+
+
+def resolve_data(args: argparse.Namespace, config: dict, ckpt: dict) -> Path:
+    """``--data_dir``/DATA_DIR/$CAMELS_GB_DIR; else the default folder, else the checkpoint's."""
+    chosen = args.demo or args.data_dir or config.get("DATA_DIR") or os.environ.get("CAMELS_GB_DIR")
+    default = ROOT / "datasets" / "CAMELS_GB"
+    saved = ckpt.get("data_dir")
+    if not chosen and not default.is_dir() and saved and Path(saved).is_dir():
+        log.info(
+            "no data folder given and %s is missing; using the checkpoint's, %s", default, saved
+        )
+        return Path(saved)
+    return resolve_data_dir(args.data_dir, config, demo=args.demo)
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+@dataclass
+class ModelRun:
+    """Predictions and scores of one model over the requested basins and days."""
+
+    loaded: LoadedModel
+    windows: WindowData
+    series: dict[str, dict[str, np.ndarray]]
+    metrics: pd.DataFrame
+
+
+def build_windows(
+    lm: LoadedModel,
+    data: InputData,
+    basins: list[str],
+    start: np.datetime64,
+    end: np.datetime64,
+    device: torch.device,
+) -> WindowData:
+    """Every window whose targets start inside the range (observed or not).
+
+    Raises
+    ------
+    UserError
+        A basin without any day that has a full input window.
+    """
+    windows = WindowData(
+        data,
+        lm.spec,
+        lm.scalers,
+        basins,
+        start,
+        end,
+        need_target=False,
+        device=device,
+        stride=eval_stride(lm.spec),
+    )
+    empty = [b for b, n in zip(basins, windows.n_samples_per_basin, strict=True) if n == 0]
+    if empty:
+        spans = ", ".join(f"{b}: {data.basins[b].start}..{data.basins[b].end}" for b in empty)
+        raise UserError(
+            f"no day of {start}..{end} has a full input window ({lm.spec.seq_len} days of complete "
+            f"inputs) for basin(s) {', '.join(empty)} ({spans}); choose a range inside the data "
+            "that starts at least one window length after its first day"
+        )
+    return windows
+
+
+def run_model(
+    lm: LoadedModel,
+    data: InputData,
+    basins: list[str],
+    start: np.datetime64,
+    end: np.datetime64,
+    device: torch.device,
+    batch_size: int,
+) -> ModelRun:
+    """Predict with one model and score each basin in physical units."""
+    windows = build_windows(lm, data, basins, start, end, device)
+    pred = predict_windows(lm.model, windows, batch_size=batch_size)  # [S, n_out] scaled
+    series = series_by_basin(windows, pred)
+    groups = basin_groups(lm.ckpt)
+    with warnings.catch_warnings():
+        # Unscored basins (forecasts past the last observation) have undefined scores; the
+        # log says so once per basin instead.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        metrics = basin_metrics_table(
+            windows, pred, data, {b: groups.get(b, "unseen") for b in basins}
+        )
+    metrics = metrics.rename(columns={"rmse": "rmse_mm_day", "mae": "mae_mm_day"})
+    metrics.insert(0, "model", lm.label)
+    metrics["checkpoint"] = str(lm.path)
+    metrics = metrics.reindex(columns=list(METRIC_COLUMNS))
+    return ModelRun(lm, windows, series, metrics)
+
+
+def predictions_frame(run: ModelRun, data: InputData) -> pd.DataFrame:
+    """One row per target day and lead, in mm/day and m³/s."""
+    frames = []
+    for basin, s in run.series.items():
+        area = data.basins[basin].area
+        frames.append(
+            pd.DataFrame(
+                {
+                    "date": np.datetime_as_string(s["date"], unit="D"),
+                    "basin": basin,
+                    "model": run.loaded.label,
+                    "lead": s["lead"].astype(int),
+                    "obs_mm_day": s["obs"],
+                    "sim_mm_day": s["sim"],
+                    "obs_m3s": mm_per_day_to_m3s(s["obs"], area),
+                    "sim_m3s": mm_per_day_to_m3s(s["sim"], area),
+                }
+            )
+        )
+    frame = pd.concat(frames, ignore_index=True)
+    return frame.sort_values(["basin", "date", "lead"], kind="stable", ignore_index=True)
+
+
+def coverage_notes(run: ModelRun, data: InputData, end: np.datetime64) -> list[str]:
+    """Say where predictions are unscored forecasts, or stop before the end of the range."""
+    notes = []
+    target = run.loaded.spec.target
+    for basin, s in run.series.items():
+        b = data.basins[basin]
+        seen = np.flatnonzero(np.isfinite(b.column(target)))
+        last_obs = b.start + np.timedelta64(int(seen[-1]), "D") if seen.size else None
+        scored = int(np.isfinite(s["obs"]).sum())
+        where = f"{run.loaded.label}, basin {basin}"
+        if last_obs is None:
+            notes.append(f"{where}: the data hold no observed discharge; nothing is scored")
+        elif last_obs < end:
+            notes.append(
+                f"{where}: discharge is observed until {last_obs}; predictions from "
+                f"{max(s['date'].min(), last_obs + 1)} on are forecasts without observations "
+                "and are not scored"
+            )
+        if scored == 0:
+            notes.append(f"{where}: no observed discharge in the range, so no metrics")
+        last_pred = s["date"].max()
+        if last_pred < end:
+            notes.append(
+                f"{where}: predictions end on {last_pred} because the inputs end on {b.end}"
+            )
+    return notes
+
+
+# --------------------------------------------------------------------------- channel weights
+
+
+def export_channel_weights(
+    lm: LoadedModel, windows: WindowData, data: InputData, out_dir: Path, batch_size: int, tag: str
+) -> pd.DataFrame:
+    """Write the channel weights per window and step, their means per basin and season, a heat map.
+
+    The long CSV is written batch by batch, so long windows over many basins fit in memory.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Mean weight per basin (columns basin, gauge_name, one per channel).
+    """
+    channels = list(windows.spec.channels)
+    L, C = windows.spec.seq_len, len(channels)
+    owner = windows.sample_basin.cpu().numpy()
+    dates = windows.sample_dates()  # [S] last input day of each window
+    months = (dates.astype("datetime64[M]").astype(int) % 12) + 1
+    season = _SEASON_OF_MONTH[months - 1]  # [S]
+    daily = out_dir / "channel_weights_daily.csv"
+    sums = np.zeros((len(windows.basins), len(SEASONS), C))  # Σ weights over windows and steps
+    counts = np.zeros((len(windows.basins), len(SEASONS)))  # windows · steps
+    header = True
+    lm.model.eval()
+    with torch.no_grad():
+        for i in range(0, len(windows), batch_size):
+            idx = torch.arange(i, min(i + batch_size, len(windows)), device=windows.device)
+            batch = windows.batch(idx)
+            _, w = lm.model(
+                batch["x"], batch["static"], return_weights=True, n_last=batch["y"].shape[1]
+            )
+            w = w.float().cpu().numpy()  # [B, L, C]
+            sel = idx.cpu().numpy()
+            B = len(sel)
+            pd.DataFrame(
+                {
+                    "date": np.repeat(np.datetime_as_string(dates[sel], unit="D"), L * C),
+                    "basin": np.repeat(np.asarray(windows.basins)[owner[sel]], L * C),
+                    "step": np.tile(np.repeat(np.arange(L), C), B),
+                    "channel": np.tile(channels, B * L),
+                    "weight": w.reshape(-1),
+                }
+            ).to_csv(daily, mode="a", header=header, index=False, float_format="%.6g")
+            header = False
+            np.add.at(sums, (owner[sel], season[sel]), w.sum(axis=1))  # [B, C] per window
+            np.add.at(counts, (owner[sel], season[sel]), L)
+    mean_rows, season_rows = [], []
+    for k, basin in enumerate(windows.basins):
+        name = data.basins[basin].name
+        total = sums[k].sum(axis=0) / max(counts[k].sum(), 1)
+        mean_rows.append(
+            {"basin": basin, "gauge_name": name, **dict(zip(channels, total, strict=True))}
+        )
+        for j, label in enumerate(SEASONS):
+            if counts[k, j]:
+                values = sums[k, j] / counts[k, j]
+                season_rows.append(
+                    {
+                        "basin": basin,
+                        "gauge_name": name,
+                        "season": label,
+                        **dict(zip(channels, values, strict=True)),
+                    }
+                )
+    mean = pd.DataFrame(mean_rows)
+    write_csv(out_dir / "channel_weights_mean.csv", mean)
+    write_csv(out_dir / "channel_weights_season.csv", pd.DataFrame(season_rows))
+    plot_channel_weights(
+        mean,
+        out_dir / "channel_weights.png",
+        f"{lm.label}{tag}\nmean channel weights, {windows.start}..{windows.end}\n"
+        "(what the model uses, not causal importance)",
+    )
+    log.info(
+        "channel weights of %d windows written (what the model uses, not causal importance)",
+        len(windows),
+    )
+    return mean
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _fmt(value: float, spec: str = ".3f") -> str:
+    if not np.isfinite(value):
+        return "n/a"
+    return format(value, spec.removesuffix("%")) + ("%" if spec.endswith("%") else "")
+
+
+def _score_line(row: pd.Series) -> str:
+    line = (
+        f"NSE {_fmt(row['nse'])}  KGE {_fmt(row['kge'])}  bias {_fmt(row['bias_pct'], '+.1f%')}  "
+        f"RMSE {_fmt(row['rmse_mm_day'])} mm/day  n={int(row['n_scored'])} days"
+    )
+    if np.isfinite(row.get("persistence_nse", np.nan)):
+        line += f"  (persistence NSE {_fmt(row['persistence_nse'])})"
+    return line
+
+
+def _first_lead(s: dict) -> dict:
+    """The targets of the shortest lead (forecast lead 1; simulate: all), sorted by date."""
+    sel = s["lead"] == s["lead"].min()
+    order = np.argsort(s["date"][sel], kind="stable")
+    return {k: v[sel][order] for k, v in s.items()}
+
+
+def _date_axis(ax) -> None:
+    import matplotlib.dates as mdates
+
+    locator = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+
+
+def plot_hydrograph(
+    path: Path,
+    basin_data,
+    start: np.datetime64,
+    end: np.datetime64,
+    sims: dict[str, dict],
+    title: str,
+    target: str,
+) -> None:
+    """Observed and simulated discharge, with daily precipitation as inverted bars above."""
+    plt = _pyplot()
+    b = basin_data
+    dates = b.dates()
+    inside = (dates >= start) & (dates <= end)
+    day = dates[inside].astype("datetime64[ns]")
+    fig, (ax_p, ax_q) = plt.subplots(
+        2, 1, sharex=True, figsize=(11, 5.5), gridspec_kw={"height_ratios": [1, 3], "hspace": 0.05}
+    )
+    ax_p.bar(day, b.column("precipitation")[inside], width=1.0, color="tab:blue", linewidth=0)
+    ax_p.invert_yaxis()
+    ax_p.set_ylabel("precipitation\n(mm/day)")
+    ax_q.plot(day, b.column(target)[inside], color="black", lw=1.0, label="observed")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (label, s) in enumerate(sims.items()):
+        colour = colours[(k + 1) % len(colours)]
+        ax_q.plot(s["date"].astype("datetime64[ns]"), s["sim"], lw=0.9, color=colour, label=label)
+    seen = np.flatnonzero(np.isfinite(b.column(target)))
+    last = b.start + np.timedelta64(int(seen[-1]), "D") if seen.size else None
+    if last is not None and start <= last < end:
+        ax_q.axvline(last.astype("datetime64[ns]"), color="grey", ls=":", label="last observation")
+    ax_q.set_ylabel("discharge (mm/day)")
+    if np.isfinite(b.area) and b.area > 0:
+        factor = b.area * 1000.0 / 86400.0
+        right = ax_q.secondary_yaxis(
+            "right", functions=(lambda q: q * factor, lambda q: q / factor)
+        )
+        right.set_ylabel("discharge (m³/s)")
+    ax_q.legend(loc="upper right", fontsize=8)
+    _date_axis(ax_q)
+    ax_q.set_xlabel("date")
+    ax_p.set_title(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_scatter(path: Path, s: dict, title: str, log_scale: bool) -> None:
+    """Simulated against observed discharge with the 1:1 line."""
+    plt = _pyplot()
+    ok = np.isfinite(s["obs"]) & np.isfinite(s["sim"])
+    if log_scale:
+        ok &= (s["obs"] > 0) & (s["sim"] > 0)
+    obs, sim = s["obs"][ok], s["sim"][ok]
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    ax.scatter(obs, sim, s=6, alpha=0.5, color="tab:blue", label=f"{obs.size} days")
+    if obs.size:
+        lo, hi = float(min(obs.min(), sim.min())), float(max(obs.max(), sim.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="1:1")
+    if log_scale:
+        from matplotlib import ticker
+
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            axis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xlabel("observed discharge (mm/day)")
+    ax.set_ylabel("simulated discharge (mm/day)")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_residuals(path: Path, s: dict, title: str) -> None:
+    """Residuals (simulated − observed) over time and their distribution."""
+    plt = _pyplot()
+    ok = np.isfinite(s["obs"]) & np.isfinite(s["sim"])
+    res = s["sim"][ok] - s["obs"][ok]
+    fig, (ax_t, ax_h) = plt.subplots(
+        1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 1], "wspace": 0.25}
+    )
+    ax_t.plot(s["date"][ok].astype("datetime64[ns]"), res, lw=0.8, color="tab:red")
+    ax_t.axhline(0, color="black", lw=0.8)
+    ax_t.set_ylabel("simulated − observed (mm/day)")
+    ax_t.set_xlabel("date")
+    _date_axis(ax_t)
+    ax_h.hist(res, bins=min(50, max(5, res.size // 10)), color="tab:red", alpha=0.8)
+    ax_h.axvline(0, color="black", lw=0.8)
+    ax_h.set_xlabel("residual (mm/day)")
+    ax_h.set_ylabel("days")
+    if res.size:
+        ax_h.text(
+            0.97,
+            0.97,
+            f"mean {res.mean():+.3f}\nsd {res.std():.3f}\n(mm/day)",
+            transform=ax_h.transAxes,
+            ha="right",
+            va="top",
+            fontsize=8,
+        )
+    fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_fdc(path: Path, s: dict, title: str) -> None:
+    """Flow-duration curves of observed and simulated discharge on the same scored days."""
+    plt = _pyplot()
+    ok = np.isfinite(s["obs"]) & np.isfinite(s["sim"])
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for values, label, colour in (
+        (s["obs"][ok], "observed", "black"),
+        (s["sim"][ok], "simulated", "tab:orange"),
+    ):
+        q = np.sort(values)[::-1]
+        exceed = 100.0 * np.arange(1, q.size + 1) / (q.size + 1)  # Weibull plotting position
+        ax.plot(exceed, q, color=colour, lw=1.2, label=label)
+    if ok.any() and (s["obs"][ok] > 0).all() and (s["sim"][ok] > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("exceedance probability (%)")
+    ax.set_ylabel("discharge (mm/day)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def write_plots(
+    runs: list[ModelRun],
+    data: InputData,
+    start: np.datetime64,
+    end: np.datetime64,
+    out_dir: Path,
+    log_scale: bool,
+    tag: str,
+) -> None:
+    """The four plots per basin for the first model, and overlaid hydrographs for --compare."""
+    main_run = runs[0]
+    target = main_run.loaded.spec.target
+    for basin in progress(main_run.windows.basins, desc="plots", unit="basin"):
+        b = data.basins[basin]
+        head = f"{basin} {b.name}{tag}"
+        s = _first_lead(main_run.series[basin])
+        row = main_run.metrics.set_index("basin").loc[basin]
+        lead = "lead 1 day" if main_run.loaded.spec.mode == "forecast" else "simulation"
+        title = f"{head}\n{main_run.loaded.label} ({lead}): {_score_line(row)}"
+        plot_hydrograph(
+            out_dir / f"hydrograph_{basin}.png",
+            b,
+            start,
+            end,
+            {main_run.loaded.label: s},
+            title,
+            target,
+        )
+        if int(row["n_scored"]) > 0:
+            plot_scatter(out_dir / f"scatter_{basin}.png", s, title, log_scale)
+            plot_residuals(out_dir / f"residuals_{basin}.png", s, title)
+            plot_fdc(out_dir / f"fdc_{basin}.png", s, title)
+        else:
+            log.info(
+                "basin %s: nothing observed to compare, so no scatter, residual or FDC plot", basin
+            )
+        if len(runs) > 1:
+            sims, lines = {}, [head]
+            for run in runs:
+                sims[run.loaded.label] = _first_lead(run.series[basin])
+                r = run.metrics.set_index("basin").loc[basin]
+                lines.append(f"{run.loaded.label}: {_score_line(r)}")
+            plot_hydrograph(
+                out_dir / f"compare_hydrograph_{basin}.png",
+                b,
+                start,
+                end,
+                sims,
+                "\n".join(lines),
+                target,
+            )
+
+
+# --------------------------------------------------------------------------- main
+
+
+class _Backlog(logging.Handler):
+    """Keeps log records until the run's log file exists."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _open_log(path: Path, backlog: _Backlog | None = None) -> None:
+    setup_logging(path)
+    if backlog is None:
+        return
+    for handler in log.handlers:
+        if isinstance(handler, logging.FileHandler) and handler.baseFilename == os.path.abspath(
+            path
+        ):
+            for record in backlog.records:
+                handler.handle(record)
+    log.removeHandler(backlog)
+
+
+def _publish(tmp: Path, parent: Path) -> Path:
+    """Rename the finished temporary folder to a new, unique run folder."""
+    final = make_run_dir(parent)
+    try:
+        os.replace(tmp, final)  # POSIX: atomically replaces the empty folder just made
+    except OSError:
+        final.rmdir()
+        os.rename(tmp, final)
+    return final
+
+
+def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
+    """Everything after the arguments: check all input, predict, then write the run folder."""
+    device = resolve_device(args.device, config=config)
+    paths = [resolve_checkpoint(args.model, "--model")]
+    paths += [resolve_checkpoint([p], "--compare") for p in args.compare or []]
+    models = [load_model(p, device) for p in paths]
+    for lm, label in zip(models, _labels(models), strict=True):
+        lm.label = label
+        log.info(
+            "model %s: %s (%s, stage %s)", label, lm.path, lm.model_class, lm.ckpt.get("stage")
+        )
+    first = models[0]
+    if args.export_weights and first.model_class != "SCA2LSTM":
+        raise UserError(
+            f"--export_weights needs an SCA2LSTM checkpoint; {first.path} holds a "
+            f"{first.model_class}, which has no channel weights"
+        )
+    targets = {lm.spec.target for lm in models}
+    if len(targets) > 1:
+        raise UserError(f"the checkpoints predict different targets ({', '.join(sorted(targets))})")
+    start, end = resolve_period(args, first.ckpt)
+    data_dir = resolve_data(args, config, first.ckpt)
+    basins = resolve_basins(args, first.ckpt, data_dir)
+    # The data must hold every model's inputs, and precipitation for the hydrographs.
+    dynamic: list[str] = []
+    for lm in models:
+        dynamic += [c for c in lm.spec.dynamic_inputs if c not in dynamic]
+    if "precipitation" not in dynamic:
+        dynamic.append("precipitation")
+    data_config = {**config, "DYNAMIC_INPUTS": dynamic, "TARGET": targets.pop()}
+    data = load_input_data(data_config, data_dir, basins)
+    synthetic = data.synthetic or any(lm.synthetic for lm in models)
+    tag = "  [SYNTHETIC DATA]" if synthetic else ""
+    if synthetic:
+        log.warning("SYNTHETIC demo data or model: the scores say nothing about real catchments")
+    log.info(
+        "predicting %d basin(s) over %s..%s with %d model(s) on %s",
+        len(basins),
+        start,
+        end,
+        len(models),
+        device,
+    )
+    batch_size = max(1024, config["BATCH_SIZE"])
+    runs = [run_model(lm, data, basins, start, end, device, batch_size) for lm in models]
+    notes = [note for run in runs for note in coverage_notes(run, data, end)]
+    for note in notes:
+        log.info("note: %s", note)
+    metrics = pd.concat([run.metrics for run in runs], ignore_index=True)
+    predictions = pd.concat([predictions_frame(run, data) for run in runs], ignore_index=True)
+    if synthetic:
+        metrics.insert(0, "data", "SYNTHETIC")
+        predictions.insert(0, "data", "SYNTHETIC")
+    for _, row in metrics.iterrows():
+        log.info(
+            "%s  %s %-28s %s",
+            row["model"],
+            row["basin"],
+            str(row["gauge_name"])[:28],
+            _score_line(row),
+        )
+
+    parent = output_root(config) / "predict"
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".predict-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        _open_log(tmp / "predict.log", backlog)
+        write_yaml(tmp / "config.yaml", config)
+        write_csv(tmp / "predictions.csv", predictions)
+        write_csv(tmp / "metrics.csv", metrics)
+        write_json(
+            tmp / "metrics.json",
+            {
+                "data": "SYNTHETIC" if synthetic else "CAMELS-GB",
+                "data_dir": str(data_dir),
+                "start": str(start),
+                "end": str(end),
+                "basins": basins,
+                "models": [
+                    {
+                        "label": lm.label,
+                        "checkpoint": str(lm.path),
+                        "model_class": lm.model_class,
+                        "stage": lm.ckpt.get("stage"),
+                        "mode": lm.spec.mode,
+                        "seq_len": lm.spec.seq_len,
+                        "pred_len": lm.spec.pred_len,
+                        "synthetic_data": lm.synthetic,
+                    }
+                    for lm in models
+                ],
+                "notes": notes,
+                "metrics": metrics.to_dict(orient="records"),
+            },
+        )
+        if args.export_weights:
+            export_channel_weights(first, runs[0].windows, data, tmp, batch_size, tag)
+        if not args.no_plots:
+            write_plots(runs, data, start, end, tmp, args.log_scale, tag)
+        close_log_files()
+        run_dir = _publish(tmp, parent)
+    except BaseException:
+        close_log_files()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _open_log(run_dir / "predict.log")
+    log.info("outputs in %s", run_dir)
+    return {
+        "run_dir": run_dir,
+        "metrics": metrics,
+        "predictions": predictions,
+        "checkpoints": paths,
+        "notes": notes,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Command-line entry point.
+
+    Returns
+    -------
+    dict
+        ``run_dir`` (Path), ``metrics`` and ``predictions`` (DataFrames), ``checkpoints`` (the
+        files used, first the --model one) and ``notes``.
+    """
+    args = build_parser().parse_args(argv)
+    config = load_config(
+        args.config, stage="predict", overrides=args.set, flags={"OUTPUT_DIR": args.output_dir}
+    )
+    setup_logging()
+    backlog = _Backlog()
+    log.addHandler(backlog)
+    try:
+        log.info("resolved config: %s", {k: config[k] for k in sorted(config)})
+        log.info("model, inputs, scalers and mode come from the checkpoint; none is refitted")
+        return predict(args, config, backlog)
+    finally:
+        log.removeHandler(backlog)
+        close_log_files()
+
+
+if __name__ == "__main__":
+    run_cli(main)
