@@ -323,3 +323,54 @@ def test_parallel_two_cpu_processes_match_single_process(demo_dir, tmp_path):  #
         runs["parallel"]["train_loss"], runs["single"]["train_loss"], rtol=1e-3
     )
     np.testing.assert_allclose(runs["parallel"]["val_nse"], runs["single"]["val_nse"], atol=1e-3)
+
+
+def test_resume_after_the_process_is_killed(demo_dir, tmp_path):  # noqa: F811
+    import signal
+    import time
+
+    args = [
+        str(REPO / "sca2lstm.py"),
+        *demo_args(
+            demo_dir,
+            tmp_path,
+            "--train_basins",
+            "32006",
+            "--val_basins",
+            "32006",
+            "--test_basins",
+            "22001",
+            "--set",
+            "LSTM_HIDDEN_DIM=8",
+            "--set",
+            "EMBEDDING_DIM=4",
+            "--set",
+            "PATIENCE=0",
+            "--set",
+            "TRAIN_START=1994-01-01",
+            "--set",
+            "TEST_END=1999-12-31",
+            "--device",
+            "cpu",
+        ),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, *args, "--epochs", "200"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    runs = tmp_path / "model_output" / "pretrain"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(runs.glob("*/last_model.pth")):
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up: mid-epoch or mid-write
+    proc.wait()
+    (run,) = list(runs.iterdir())
+    done = load_checkpoint(run / "last_model.pth")["training_state"]["history"]
+    assert 1 <= len(done) < 200
+    out = sca2lstm.main([*args[1:], "--epochs", str(len(done) + 1), "--resume", str(run)])
+    assert [h["epoch"] for h in out["history"]] == list(range(1, len(done) + 2))
+    assert out["history"][: len(done)] == done
+    assert (run / "best_model.pth").is_file() and (run / "metrics_test_period.csv").is_file()
