@@ -326,10 +326,12 @@ def plan_split(
     start: np.datetime64 | None = None,
     end: np.datetime64 | None = None,
 ) -> TimeSplit:
-    """Split the basin's record before TEST_START in time order (never at random).
+    """Split the basin's record outside the test period in time order (never at random).
 
     The record runs from the first valid day on or after ``start`` (default: the first one) to
     the last valid day on or before ``end`` (default and latest: the day before TEST_START).
+    A ``start`` after TEST_END tunes on newer observations instead (to ``end`` or the end of the
+    data); a record that overlaps the test period is refused.
     :func:`hydrologyDataset.block_end` puts the first ``ratio`` share of those days in the
     training block; the rest is the validation block.
 
@@ -341,13 +343,18 @@ def plan_split(
     """
     test_start, test_end = period(config, "test")
     limit = test_start - np.timedelta64(1, "D")
-    if end is not None and end > limit:
-        raise UserError(
-            f"--end {end} reaches into the test period ({test_start}..{test_end}, from the "
-            f"checkpoint's config): fine-tuning uses only the record up to {limit}"
-        )
-    lo = start if start is not None else basin.start
-    hi = end if end is not None else limit
+    if start is not None and start > test_end:
+        # New observations after the test period: tune on them; the test period stays unseen.
+        lo, hi = start, end if end is not None else basin.end
+    else:
+        if end is not None and end > limit:
+            raise UserError(
+                f"--end {end} reaches into the test period ({test_start}..{test_end}, from the "
+                f"checkpoint's config): tune on the record up to {limit}, or on newer "
+                f"observations with --start after {test_end}"
+            )
+        lo = start if start is not None else basin.start
+        hi = end if end is not None else limit
     if lo > hi:
         raise UserError(f"--start {lo} is after the end of the record to tune on ({hi})")
     dates = basin.dates()

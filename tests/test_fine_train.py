@@ -323,6 +323,15 @@ def test_plan_split_starts_at_the_first_observation_and_ends_before_the_test_per
     )
 
 
+def test_plan_split_tunes_on_newer_observations_after_the_test_period():
+    spec = FeatureSpec(("precipitation",), ("area",), "discharge_spec", "simulate", 5)
+    config = {**split_config(), "TEST_START": "1990-06-01", "TEST_END": "1990-08-31"}
+    s = fine_train.plan_split(split_basin(), spec, config, 0.5, np.datetime64("1990-09-01"))
+    assert s.train_start == np.datetime64("1990-09-01")
+    assert s.val_end == np.datetime64("1991-02-04")  # the last day of the data
+    assert s.train_start > np.datetime64(config["TEST_END"])
+
+
 @pytest.mark.parametrize(
     "ratio, start, end, needle",
     [
