@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from hydrologyDataset import (
     FeatureSpec,
@@ -63,7 +64,14 @@ from utils import (
     write_yaml,
 )
 
-__all__ = ["SCA2LSTM", "ModelArgs", "load_config", "pretrain", "main"]
+__all__ = [
+    "SCA2LSTM",
+    "ModelArgs",
+    "activation_memory_estimate",
+    "load_config",
+    "pretrain",
+    "main",
+]
 
 
 # --------------------------------------------------------------------------- model
@@ -137,12 +145,20 @@ class SCA2LSTM(nn.Module):
     ----------
     config : dict or ModelArgs
         A config from :func:`load_config` (the model is sized from its keys) or ModelArgs.
+
+    Attributes
+    ----------
+    gradient_checkpointing : bool
+        Recompute each LSTM stage in the backward pass instead of keeping its activations
+        (training only; the same outputs and gradients). :func:`utils.fit` sets it from
+        GRADIENT_CHECKPOINTING. Not part of the architecture, so not in ModelArgs.
     """
 
     def __init__(self, config: dict | ModelArgs) -> None:
         super().__init__()
         args = config if isinstance(config, ModelArgs) else ModelArgs.from_config(config)
         self.args = args
+        self.gradient_checkpointing = False
         C, S, E, H = args.n_dynamic, args.n_static, args.embedding_dim, args.hidden
         inner_dropout = args.dropout if args.num_layers > 1 else 0.0
         self.embedding = nn.Sequential(
@@ -178,6 +194,12 @@ class SCA2LSTM(nn.Module):
         valid[..., self.args.q_channel] = x[..., self.args.q_flag_channel] < 0.5
         return valid
 
+    def _stage(self, lstm: nn.LSTM, inp: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``[B, L, H]`` of one LSTM stage, checkpointed when asked for."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(_lstm_hidden, lstm, inp, use_reentrant=False)
+        return lstm(inp)[0]
+
     def forward(
         self,
         x: torch.Tensor,
@@ -207,7 +229,7 @@ class SCA2LSTM(nn.Module):
         emb = self.embedding(static)  # [B, E]
         emb_seq = emb[:, None, :].expand(B, L, emb.shape[-1])  # [B, L, E]
         # States carry across the whole window (never reset per step).
-        h1, _ = self.lstm1(torch.cat([x, emb_seq], dim=-1))  # [B, L, H]
+        h1 = self._stage(self.lstm1, torch.cat([x, emb_seq], dim=-1))  # [B, L, H]
         logits = self.weight_head(torch.cat([h1, emb_seq], dim=-1))  # [B, L, C]
         valid = self.channel_valid(x)
         if valid is None:
@@ -216,7 +238,7 @@ class SCA2LSTM(nn.Module):
             logits = logits.masked_fill(~valid, float("-inf"))
             n_valid = valid.sum(dim=-1, keepdim=True)  # [B, L, 1]
             weights = torch.softmax(logits, dim=-1) * n_valid  # masked channels get 0
-        h2, _ = self.lstm2(torch.cat([x * weights, h1, emb_seq], dim=-1))  # [B, L, H]
+        h2 = self._stage(self.lstm2, torch.cat([x * weights, h1, emb_seq], dim=-1))  # [B, L, H]
         if self.args.mode == "forecast":
             delta = self.head(h2[:, -1])  # [B, P]
             out = x[:, -1, self.args.q_channel, None] + delta  # [B, P]
@@ -225,9 +247,73 @@ class SCA2LSTM(nn.Module):
         return (out, weights) if return_weights else out
 
 
+def _lstm_hidden(lstm: nn.LSTM, inp: torch.Tensor) -> torch.Tensor:
+    if inp.is_cuda and lstm.training and lstm.dropout > 0 and lstm.num_layers > 1:
+        # cuDNN draws its inter-layer dropout masks from a state of its own that moves on with
+        # every call, so a recomputation would draw new masks. Setting the CUDA generator's state
+        # makes cuDNN re-seed from the generator, whose state checkpoint restores before it
+        # recomputes: forward and recomputation then draw the same masks.
+        torch.cuda.set_rng_state(torch.cuda.get_rng_state(inp.device), inp.device)
+    return lstm(inp)[0]
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def activation_memory_estimate(
+    args: ModelArgs,
+    batch_size: int,
+    seq_len: int,
+    bytes_per_value: int = 4,
+    gradient_checkpointing: bool = False,
+) -> int:
+    """Estimated memory of the activations one training batch keeps for the backward pass.
+
+    Per window and day, an LSTM layer with input width I and hidden size H keeps I + 7H values:
+    its input, the four gates (4H), the cell state and its tanh (2H) and its output (H). That is
+    what PyTorch's native LSTM kernel saves, and about what cuDNN's reserve space holds (a CPU's
+    oneDNN kernel keeps about 2.5 times more). Stage ``lstm1`` has I = C + E in its first layer,
+    ``lstm2`` I = C + H + E, further layers I = H, plus an H dropout mask between layers when
+    DROPOUT > 0. Around the stages the model keeps H + E (the weight head's input) and 3C (the
+    softmax output, the channel weights and the inputs they scale)::
+
+        bytes = B · L · bytes_per_value · (stage1 + stage2 + H + E + 3C)
+
+    With gradient checkpointing a stage keeps only its input; one stage at a time is recomputed
+    in the backward pass, so the peak is (C + E) + (C + H + E) + H + E + 3C + max(stage1, stage2)
+    per window and day. Per-window terms (embedding, head) are left out: they do not grow with L.
+
+    Parameters
+    ----------
+    args : ModelArgs
+        C = ``n_dynamic``, E = ``embedding_dim``, H = ``hidden``, layers = ``num_layers``.
+    batch_size, seq_len : int
+        B windows of L days.
+    bytes_per_value : int
+        4 for float32, 2 under bf16/fp16 autocast.
+    gradient_checkpointing : bool
+        Estimate the peak with the LSTM stages checkpointed.
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
+    C, E, H, n = args.n_dynamic, args.embedding_dim, args.hidden, args.num_layers
+    masks = (n - 1) * H if args.dropout > 0 else 0
+
+    def stage(width: int) -> int:
+        return (width + 7 * H) + (n - 1) * 8 * H + masks
+
+    stage1, stage2 = stage(C + E), stage(C + H + E)
+    around = H + E + 3 * C
+    if gradient_checkpointing:
+        per_step = (C + E) + (C + H + E) + around + max(stage1, stage2)
+    else:
+        per_step = stage1 + stage2 + around
+    return batch_size * seq_len * per_step * bytes_per_value
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -335,6 +421,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true", help="USE_COMPILE on (CUDA)")
     parser.add_argument("--mixed_precision", action="store_true", help="MIXED_PRECISION on (CUDA)")
     parser.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="GRADIENT_CHECKPOINTING on: recompute the LSTM stages in the backward pass",
+    )
+    parser.add_argument(
+        "--model_size",
+        metavar="NAME",
+        help="MODEL_SIZE: a preset of MODEL_SIZES in run.config (micro, lite, full) that sets "
+        "LSTM_HIDDEN_DIM, NUM_LAYERS and EMBEDDING_DIM",
+    )
+    parser.add_argument(
         "--parallel",
         action="store_true",
         help="data-parallel training on all visible devices (one process per device via torchrun)",
@@ -371,6 +468,7 @@ def resolve_pretrain_config(args: argparse.Namespace) -> dict:
         "TEST_BASINS": args.test_basins,
         "GRADIENT_ACCUMULATION": args.accumulation_steps,
         "OUTPUT_DIR": args.output_dir,
+        "MODEL_SIZE": args.model_size,
     }
     if args.batch_size:
         flags["BATCH_SIZE"] = flags["BATCH_SIZE_GPU"] = args.batch_size
@@ -380,6 +478,8 @@ def resolve_pretrain_config(args: argparse.Namespace) -> dict:
         flags["USE_COMPILE"] = True
     if args.mixed_precision:
         flags["MIXED_PRECISION"] = True
+    if args.gradient_checkpointing:
+        flags["GRADIENT_CHECKPOINTING"] = True
     return load_config(args.config, stage="pretrain", overrides=args.set, flags=flags)
 
 
@@ -523,7 +623,30 @@ def pretrain(
         len(spec.channels),
         ", ".join(spec.channels),
         len(spec.static_attributes),
-        sum(p.numel() for p in model.parameters()),
+        count_parameters(model),
+    )
+    batch = max(1, settings.batch_size // distributed_rank()[1])
+    precision = "bf16/fp16" if settings.mixed_precision else "fp32"
+    log.info(
+        "model size %s: hidden %d, %d layer(s), embedding %d; activation memory estimate "
+        "%.1f MiB for a batch of %d windows of %d days (%s, gradient checkpointing %s%s)",
+        config["MODEL_SIZE"] or "as configured",
+        model.args.hidden,
+        model.args.num_layers,
+        model.args.embedding_dim,
+        activation_memory_estimate(
+            model.args,
+            batch,
+            spec.seq_len,
+            2 if settings.mixed_precision else 4,
+            settings.gradient_checkpointing,
+        )
+        / 2**20,
+        batch,
+        spec.seq_len,
+        precision,
+        "on" if settings.gradient_checkpointing else "off",
+        "; a CPU's oneDNN LSTM kernel keeps about 2.5x more" if device.type == "cpu" else "",
     )
     log.info(
         "training windows: %d from %d basins; validation windows: %d; device %s",
@@ -579,6 +702,7 @@ def pretrain(
         write_csv(run_dir / "history.csv", pd.DataFrame(state["history"]))
 
     result = fit(model, train, val, settings, device, on_epoch=on_epoch, resume=resume_state)
+    tag = "  [SYNTHETIC DATA]" if data.synthetic else ""
     if distributed_rank()[0] != 0:
         # Data-parallel run: the other processes are done; rank 0 scores and writes.
         return {
@@ -591,7 +715,7 @@ def pretrain(
     plot_training_curve(
         result.history,
         run_dir / "training_curve.png",
-        f"SCA2LSTM pretraining ({spec.mode}, {len(groups['train'])} basins)",
+        f"SCA2LSTM pretraining ({spec.mode}, {len(groups['train'])} basins){tag}",
     )
 
     # Score validation and test basins on the test period with the best weights.
@@ -615,7 +739,7 @@ def pretrain(
     weights = channel_weight_table(model, test, data, max(1024, settings.batch_size))
     write_csv(run_dir / "channel_weights.csv", weights)
     plot_channel_weights(
-        weights, run_dir / "channel_weights.png", "SCA2LSTM mean channel weights, test period"
+        weights, run_dir / "channel_weights.png", f"SCA2LSTM mean channel weights, test period{tag}"
     )
     summary = {
         "median_test_nse": float(np.nanmedian(metrics["nse"])),
@@ -707,7 +831,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     resume_dir = _find_resume(config, args.resume) if args.resume else None
     if resume_dir is not None:
         saved = load_checkpoint(resume_dir / "last_model.pth")["config"]
-        config = {**saved, "N_EPOCHS": config["N_EPOCHS"]}
+        # Keys added to run.config after that run take their current values.
+        config = {**config, **saved, "N_EPOCHS": config["N_EPOCHS"]}
     # Everything is checked before the run folder exists, so bad input leaves nothing behind.
     load_input_data(
         config,
