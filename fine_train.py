@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import datetime as dt
 import math
 import shutil
 from collections.abc import Sequence
@@ -61,6 +60,7 @@ from utils import (
     add_common_args,
     close_log_files,
     fit,
+    iso_date,
     load_checkpoint,
     load_config,
     log,
@@ -115,14 +115,6 @@ CHECKPOINT_NAME = "best_model_basin_{basin}.pth"
 
 
 # --------------------------------------------------------------------------- command line
-
-
-def iso_date(text: str) -> np.datetime64:
-    """argparse type for a YYYY-MM-DD date."""
-    try:
-        return np.datetime64(dt.date.fromisoformat(text.strip()), "D")
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date; write YYYY-MM-DD") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -70,6 +70,7 @@ from utils import (
     close_log_files,
     csv_list,
     fit,
+    iso_date,
     load_checkpoint,
     load_config,
     log,
@@ -1048,14 +1049,6 @@ def bound_pair(text: str) -> tuple[int | float, int | float]:
     return lo, hi
 
 
-def iso_day(text: str) -> np.datetime64:
-    """argparse type for a YYYY-MM-DD date."""
-    try:
-        return np.datetime64(dt.date.fromisoformat(text.strip()), "D")
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date; write YYYY-MM-DD") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=(
@@ -1119,8 +1112,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="plot observed and predicted discharge and score --start..--end",
     )
-    train.add_argument("--start", type=iso_day, help="plot window start (default TEST_START)")
-    train.add_argument("--end", type=iso_day, help="plot window end (default TEST_END)")
+    train.add_argument("--start", type=iso_date, help="plot window start (default TEST_START)")
+    train.add_argument("--end", type=iso_date, help="plot window end (default TEST_END)")
     train.add_argument("--no_cuda", action="store_true", help="run on the CPU")
     train.add_argument("--demo", action="store_true", help="use the synthetic demo dataset")
     add_common_args(parser)

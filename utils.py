@@ -85,6 +85,8 @@ SCHEMA: dict[str, type | tuple[type, ...]] = {
     "EMBEDDING_DIM": int,
     "NUM_LAYERS": int,
     "PREDICT_LAST_N": int,
+    "MODEL_SIZE": (str, type(None)),
+    "MODEL_SIZES": dict,
     "SEED": int,
     "BATCH_SIZE": int,
     "BATCH_SIZE_GPU": int,
@@ -104,6 +106,7 @@ SCHEMA: dict[str, type | tuple[type, ...]] = {
     "CUDA_VISIBLE_DEVICES": str,
     "CUDA_MEMORY_FRACTION": float,
     "CUDA_DETERMINISTIC": bool,
+    "GRADIENT_CHECKPOINTING": bool,
     "DATA_PATH": str,
     "NUM_WORKERS": int,
     "PIN_MEMORY": bool,
@@ -127,6 +130,7 @@ PSO_DIMENSIONS = (
     "num_layers",
 )
 BASIN_KEYS = ("TRAIN_BASINS", "VAL_BASINS", "TEST_BASINS")
+MODEL_SIZE_KEYS = ("LSTM_HIDDEN_DIM", "NUM_LAYERS", "EMBEDDING_DIM")
 PERIODS = {
     "train": ("TRAIN_START", "TRAIN_END"),
     "validation": ("VAL_START", "VAL_END"),
@@ -258,8 +262,41 @@ def load_config(
         _merge(config, items, "--set")
     if flags:
         _merge(config, {k: v for k, v in flags.items() if v is not None}, "command-line flags")
+    apply_model_size(config)
     validate_config(config)
     return config
+
+
+def _check_model_sizes(presets: dict) -> None:
+    for name, preset in presets.items():
+        if not isinstance(preset, dict) or set(preset) != set(MODEL_SIZE_KEYS):
+            raise UserError(
+                f"MODEL_SIZES.{name} must set exactly {', '.join(MODEL_SIZE_KEYS)}, got {preset!r}"
+            )
+        for key, value in preset.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"MODEL_SIZES.{name}.{key} must be an integer >= 1, got {value!r}")
+
+
+def apply_model_size(config: dict[str, Any]) -> None:
+    """Replace LSTM_HIDDEN_DIM, NUM_LAYERS and EMBEDDING_DIM by the MODEL_SIZES preset that
+    MODEL_SIZE names (in place); MODEL_SIZE null keeps the three keys as given.
+
+    Raises
+    ------
+    UserError
+        An unknown preset name or a malformed MODEL_SIZES table.
+    """
+    _check_model_sizes(config["MODEL_SIZES"])
+    name = config["MODEL_SIZE"]
+    if name is None:
+        return
+    if name not in config["MODEL_SIZES"]:
+        raise UserError(
+            f"MODEL_SIZE {name!r} is not a preset; choose one of "
+            f"{', '.join(config['MODEL_SIZES'])} (MODEL_SIZES in run.config) or null"
+        )
+    config.update(config["MODEL_SIZES"][name])
 
 
 def _iso_date(key: str, value: str) -> dt.date:
@@ -307,6 +344,12 @@ def validate_config(config: dict[str, Any]) -> None:
     if not 0 < config["CUDA_MEMORY_FRACTION"] <= 1:
         raise UserError(
             f"CUDA_MEMORY_FRACTION must be in (0, 1], got {config['CUDA_MEMORY_FRACTION']}"
+        )
+    _check_model_sizes(config["MODEL_SIZES"])
+    if config["MODEL_SIZE"] is not None and config["MODEL_SIZE"] not in config["MODEL_SIZES"]:
+        raise UserError(
+            f"MODEL_SIZE {config['MODEL_SIZE']!r} is not a preset of MODEL_SIZES "
+            f"({', '.join(config['MODEL_SIZES'])}) or null"
         )
     if config["DATA_PATH"] not in ("resident", "stream"):
         raise UserError(f"DATA_PATH must be 'resident' or 'stream', got {config['DATA_PATH']!r}")
@@ -395,6 +438,14 @@ def csv_list(text: str) -> list[str]:
     if not items:
         raise argparse.ArgumentTypeError("expected a comma-separated list")
     return items
+
+
+def iso_date(text: str) -> np.datetime64:
+    """argparse type for a YYYY-MM-DD date, as datetime64[D]."""
+    try:
+        return np.datetime64(dt.date.fromisoformat(text.strip()), "D")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; write YYYY-MM-DD") from None
 
 
 def positive_int(text: str) -> int:
@@ -783,6 +834,7 @@ class TrainSettings:
     pin_memory: bool = False
     prefetch_factor: int = 2
     persistent_workers: bool = False
+    gradient_checkpointing: bool = False
 
     @classmethod
     def from_config(cls, config: dict, device) -> TrainSettings:
@@ -815,6 +867,7 @@ class TrainSettings:
             pin_memory=config["PIN_MEMORY"] and cuda,
             prefetch_factor=config["PREFETCH_FACTOR"],
             persistent_workers=config["PERSISTENT_WORKERS"],
+            gradient_checkpointing=config["GRADIENT_CHECKPOINTING"],
         )
 
 
@@ -1004,6 +1057,13 @@ def fit(
     import torch
 
     model.to(device)
+    if hasattr(model, "gradient_checkpointing"):
+        model.gradient_checkpointing = settings.gradient_checkpointing
+    elif settings.gradient_checkpointing:
+        log.info(
+            "GRADIENT_CHECKPOINTING applies to SCA2LSTM; %s trains without it",
+            type(model).__name__,
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UserError("every layer is frozen, so there is nothing to train; unfreeze a group")
