@@ -64,6 +64,7 @@ from sca2lstm import (
 )
 from utils import (
     PSO_DIMENSIONS,
+    CheckpointLoadable,
     TrainSettings,
     UserError,
     add_common_args,
@@ -71,7 +72,6 @@ from utils import (
     csv_list,
     fit,
     iso_date,
-    load_checkpoint,
     load_config,
     log,
     make_run_dir,
@@ -463,7 +463,7 @@ class ModelArgs:
         return self.n_dynamic if self.reads_q else self.q_channel
 
 
-class PSOLSTM(nn.Module):
+class PSOLSTM(CheckpointLoadable, nn.Module):
     """A plain LSTM and a linear head on forecast windows of one basin.
 
     Its ``forward`` has the signature of ``SCA2LSTM.forward`` so that the shared training engine
@@ -475,6 +475,8 @@ class PSOLSTM(nn.Module):
     args : ModelArgs or dict
         The hyperparameters, or the ``model_args`` dict of a checkpoint.
     """
+
+    args_class = ModelArgs
 
     def __init__(self, args: ModelArgs | dict) -> None:
         super().__init__()
@@ -497,16 +499,6 @@ class PSOLSTM(nn.Module):
             # The head predicts the change from the last observation: untrained = persistence.
             nn.init.zeros_(self.head[1].weight)
             nn.init.zeros_(self.head[1].bias)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> PSOLSTM:
-        """Rebuild a model (weights included) from a PSO-LSTM checkpoint of this toolkit."""
-        ckpt = load_checkpoint(path)
-        if ckpt["model_class"] != cls.__name__:
-            raise UserError(f"{path} holds a {ckpt['model_class']}, not a {cls.__name__}")
-        model = cls(ModelArgs(**ckpt["model_args"]))
-        model.load_state_dict(ckpt["model_state_dict"])
-        return model.to(map_location)
 
     def forward(
         self,

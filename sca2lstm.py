@@ -39,6 +39,7 @@ from hydrologyDataset import (
 )
 from utils import (
     ROOT,
+    CheckpointLoadable,
     TrainSettings,
     UserError,
     add_common_args,
@@ -133,7 +134,7 @@ class ModelArgs:
         )
 
 
-class SCA2LSTM(nn.Module):
+class SCA2LSTM(CheckpointLoadable, nn.Module):
     """Static-conditioned channel attention + two LSTM stages.
 
     Submodules carry the names of the freeze groups of ``fine_train.py``: ``embedding`` (MLP on
@@ -153,6 +154,8 @@ class SCA2LSTM(nn.Module):
         (training only; the same outputs and gradients). :func:`utils.fit` sets it from
         GRADIENT_CHECKPOINTING. Not part of the architecture, so not in ModelArgs.
     """
+
+    args_class = ModelArgs
 
     def __init__(self, config: dict | ModelArgs) -> None:
         super().__init__()
@@ -175,16 +178,6 @@ class SCA2LSTM(nn.Module):
             # The head predicts the change from the last observation: untrained = persistence.
             nn.init.zeros_(self.head[1].weight)
             nn.init.zeros_(self.head[1].bias)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> SCA2LSTM:
-        """Rebuild a model (weights included) from any SCA2LSTM checkpoint of this toolkit."""
-        ckpt = load_checkpoint(path)
-        if ckpt["model_class"] != cls.__name__:
-            raise UserError(f"{path} holds a {ckpt['model_class']}, not an SCA2LSTM")
-        model = cls(ModelArgs(**ckpt["model_args"]))
-        model.load_state_dict(ckpt["model_state_dict"])
-        return model.to(map_location)
 
     def channel_valid(self, x: torch.Tensor) -> torch.Tensor | None:
         """``[B, L, C]`` bool: False for the lagged-discharge channel on unobserved days."""
