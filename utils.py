@@ -908,6 +908,18 @@ def nse_star_loss(pred, y, mask, basin_std):
     return (err * mask).sum() / n.clamp(min=1)
 
 
+def optimizer_step(optimizer, scaler, params, grad_clip: float) -> None:
+    """One optimiser step: unscale, clip the gradient norm to ``grad_clip`` (0: off), step, zero."""
+    import torch
+
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def distributed_rank() -> tuple[int, int]:
     """(rank, world size) of this process; (0, 1) outside torch.distributed."""
     import torch.distributed as dist
@@ -1185,12 +1197,7 @@ def fit(
                 raise RuntimeError(f"the training loss became {loss.item()} in epoch {epoch}")
             scaler.scale(loss / settings.accumulation).backward()
             if i % settings.accumulation == 0 or i == n_batches:
-                if settings.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(optimizer, scaler, params, settings.grad_clip)
                 scheduler.step()
             n = batch["x"].shape[0]
             total_loss += float(loss.detach()) * n

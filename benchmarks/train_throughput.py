@@ -52,6 +52,7 @@ from utils import (  # noqa: E402
     fit,
     load_config,
     nse_star_loss,
+    optimizer_step,
     parse_set,
     period,
     resolve_device,
@@ -217,12 +218,7 @@ def model_step(config: dict, device: torch.device, shape: Shape, repeats: int) -
         with torch.autocast("cuda", dtype=dtype, enabled=settings.mixed_precision):
             loss = nse_star_loss(step_model(x, static, n_last=1), y, mask, std)
         scaler.scale(loss).backward()
-        if settings.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(optimizer, scaler, params, settings.grad_clip)
 
     for _ in range(min(3, shape.n_batches)):
         step()
