@@ -20,7 +20,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -1053,7 +1053,6 @@ class FitResult:
     best_score: float
     history: list[dict]
     stopped_early: bool = False
-    state: dict = field(default_factory=dict)
 
 
 def fit(
