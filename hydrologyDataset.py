@@ -603,6 +603,11 @@ class Scalers:
     target_mean: float
     target_std: float
     fitted_on: dict = field(default_factory=dict)
+    # Range of each attribute over the training basins and the clamp margin in training stds
+    # (STATIC_CLAMP); empty / None in checkpoints from before the key: no clamping.
+    static_min: list[float] = field(default_factory=list)
+    static_max: list[float] = field(default_factory=list)
+    static_clamp: float | None = None
 
     @classmethod
     def fit(
@@ -612,8 +617,12 @@ class Scalers:
         basins: Sequence[str],
         start: np.datetime64,
         end: np.datetime64,
+        static_clamp: float | None = None,
     ) -> Scalers:
-        """Fit on ``basins`` over ``start``..``end`` (days outside the period are never seen)."""
+        """Fit on ``basins`` over ``start``..``end`` (days outside the period are never seen).
+
+        ``static_clamp``: see :meth:`scale_static`; None leaves attributes unbounded.
+        """
         dyn, tgt = [], []
         for basin in basins:
             b = data.basins[basin]
@@ -649,6 +658,9 @@ class Scalers:
             float(np.nanmean(tgt_all)),
             float(safe_std(tgt_all)),
             {"basins": list(basins), "start": str(start), "end": str(end)},
+            stat.min(axis=0).tolist(),
+            stat.max(axis=0).tolist(),
+            static_clamp,
         )
 
     def to_dict(self) -> dict:
@@ -657,6 +669,23 @@ class Scalers:
     @classmethod
     def from_dict(cls, data: dict) -> Scalers:
         return cls(**data)
+
+    def scale_static(self, stat: np.ndarray) -> np.ndarray:
+        """Scale ``[basins, S]`` raw attributes; clamp them to the training range ± the margin.
+
+        With few training basins an unseen basin's attribute can lie many training stds away
+        (e.g. soil depth 11 stds from the mean of 5 basins); the embedding MLP would then
+        extrapolate far outside what it was trained on. Holding each scaled attribute within
+        the training basins' range widened by ``static_clamp`` stds bounds that extrapolation;
+        the training basins themselves are never changed by it.
+        """
+        mean, std = np.array(self.static_mean), np.array(self.static_std)
+        z = (stat - mean) / std
+        if self.static_clamp is not None and self.static_min:
+            lo = (np.array(self.static_min) - mean) / std - self.static_clamp
+            hi = (np.array(self.static_max) - mean) / std + self.static_clamp
+            z = np.clip(z, lo, hi)
+        return z
 
     def scale_target(self, q: np.ndarray) -> np.ndarray:
         return (q - self.target_mean) / self.target_std
@@ -796,7 +825,7 @@ class WindowData:
                 f"in {self.start}..{self.end}; choose another period or drop them"
             )
         stat = static_matrix(data.attributes, self.basins, spec.static_attributes)
-        stat = (stat - np.array(scalers.static_mean)) / np.array(scalers.static_std)
+        stat = scalers.scale_static(stat)
         self.basin_start = np.array(day0, dtype="datetime64[D]")
         self.row_offset = np.cumsum([0] + [len(x) for x in xs])[:-1]
         self.device = torch.device(device)

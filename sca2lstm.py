@@ -590,7 +590,9 @@ def pretrain(
     all_basins = list(dict.fromkeys(groups["train"] + groups["validation"] + groups["test"]))
     data = load_input_data(config, data_dir, all_basins)
     spec = FeatureSpec.from_config(config)
-    scalers = Scalers.fit(data, spec, groups["train"], *period(config, "train"))
+    scalers = Scalers.fit(
+        data, spec, groups["train"], *period(config, "train"), static_clamp=config["STATIC_CLAMP"]
+    )
     resident = config["DATA_PATH"] == "resident"
     win_device = device if resident else torch.device("cpu")
     train = WindowData(

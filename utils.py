@@ -69,6 +69,7 @@ SCHEMA: dict[str, type | tuple[type, ...]] = {
     "DYNAMIC_INPUTS": list,
     "TARGET": str,
     "STATIC_ATTRIBUTES": list,
+    "STATIC_CLAMP": (float, type(None)),
     "TRAIN_START": str,
     "TRAIN_END": str,
     "VAL_START": str,
@@ -98,6 +99,7 @@ SCHEMA: dict[str, type | tuple[type, ...]] = {
     "WARMUP_STEPS": int,
     "GRADIENT_CLIP": float,
     "WEIGHT_DECAY": float,
+    "EMA_DECAY": (float, type(None)),
     "GRADIENT_ACCUMULATION": int,
     "FINE_TUNE_RATIO": float,
     "USE_COMPILE": bool,
@@ -334,6 +336,15 @@ def validate_config(config: dict[str, Any]) -> None:
     for key in ("LR", "LR_GPU"):
         if not config[key] > 0:
             raise UserError(f"{key} must be positive, got {config[key]}")
+    if config["STATIC_CLAMP"] is not None and config["STATIC_CLAMP"] < 0:
+        raise UserError(
+            f"STATIC_CLAMP must be 0 or more, or null for no clamp; got {config['STATIC_CLAMP']}"
+        )
+    if config["EMA_DECAY"] is not None and not 0 < config["EMA_DECAY"] < 1:
+        raise UserError(
+            f"EMA_DECAY must be strictly between 0 and 1, or null for no weight averaging; "
+            f"got {config['EMA_DECAY']}"
+        )
     if not 0 <= config["DROPOUT"] < 1:
         raise UserError(f"DROPOUT must be in [0, 1), got {config['DROPOUT']}")
     if not 0 < config["FINE_TUNE_RATIO"] < 1:
@@ -854,6 +865,7 @@ class TrainSettings:
     prefetch_factor: int = 2
     persistent_workers: bool = False
     gradient_checkpointing: bool = False
+    ema_decay: float | None = None
 
     @classmethod
     def from_config(cls, config: dict, device) -> TrainSettings:
@@ -887,6 +899,7 @@ class TrainSettings:
             prefetch_factor=config["PREFETCH_FACTOR"],
             persistent_workers=config["PERSISTENT_WORKERS"],
             gradient_checkpointing=config["GRADIENT_CHECKPOINTING"],
+            ema_decay=config["EMA_DECAY"],
         )
 
 
@@ -1063,6 +1076,9 @@ def fit(
     AdamW on the trainable parameters, linear warm-up then cosine decay to 10 % of the learning
     rate, gradient accumulation and clipping, NSE* loss with missing targets masked. The best
     weights (by validation NSE; by training loss when ``val`` is None) are restored at the end.
+    With ``settings.ema_decay`` the weights validated, saved and restored are an exponential
+    moving average of the trained ones, updated after every optimiser step
+    (``torch.optim.swa_utils.AveragedModel``): it smooths the step-to-step noise of small batches.
 
     Parameters
     ----------
@@ -1073,7 +1089,8 @@ def fit(
     settings : TrainSettings
     device : torch.device
     on_epoch : callable, optional
-        ``on_epoch(record, model, is_best, state)`` after every epoch (checkpoints, plots).
+        ``on_epoch(record, model, is_best, state)`` after every epoch (checkpoints, plots);
+        ``model`` is the evaluated one (the moving average when ``settings.ema_decay`` is set).
     resume : dict, optional
         A ``state`` from an earlier call's ``on_epoch``, to continue that run.
 
@@ -1124,6 +1141,12 @@ def fit(
         step_model = DistributedDataParallel(model, device_ids=ids)
     if settings.compile:
         step_model = torch.compile(step_model, backend=settings.backend)
+    ema = None
+    if settings.ema_decay:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay))
+    eval_model = ema.module if ema is not None else model
     generator = torch.Generator().manual_seed(settings.seed)
     basin_std = train.basin_target_std()
     history: list[dict] = []
@@ -1136,6 +1159,8 @@ def fit(
         generator.set_state(resume["generator"])
         best_state, best_score = resume["best_state"], resume["best_score"]
         best_epoch, bad_epochs = resume["best_epoch"], resume["bad_epochs"]
+        if ema is not None and resume.get("ema_state_dict") is not None:
+            ema.load_state_dict(resume["ema_state_dict"])
         history, first_epoch = list(resume["history"]), resume["epoch"] + 1
         log.info(
             "resuming after epoch %d (best validation NSE %.4f at epoch %d)",
@@ -1184,7 +1209,9 @@ def fit(
                 shard=(rank, world),
             )
         )
-        total_loss, seen = 0.0, 0
+        # The loss sum stays on the device: no host synchronisation per batch on a GPU (a CPU
+        # checks every batch for free and stops at the first non-finite loss).
+        loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
         optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(batches, start=1):
             if loader is not None:
@@ -1192,15 +1219,20 @@ def fit(
             with _autocast(device, settings.mixed_precision):
                 pred = step_model(batch["x"], batch["static"], n_last=batch["y"].shape[1])
                 loss = nse_star_loss(pred, batch["y"], batch["y_mask"], basin_std[batch["basin"]])
-            if not torch.isfinite(loss):
+            if device.type != "cuda" and not torch.isfinite(loss):
                 raise RuntimeError(f"the training loss became {loss.item()} in epoch {epoch}")
             scaler.scale(loss / settings.accumulation).backward()
             if i % settings.accumulation == 0 or i == n_batches:
                 optimizer_step(optimizer, scaler, params, settings.grad_clip)
                 scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(model)
             n = batch["x"].shape[0]
-            total_loss += float(loss.detach()) * n
+            loss_sum += loss.detach().double() * n
             seen += n
+        total_loss = float(loss_sum)  # one synchronisation per epoch
+        if not math.isfinite(total_loss):
+            raise RuntimeError(f"the training loss became {total_loss} in epoch {epoch}")
         if world > 1:
             # Every rank saw its own share of each global batch: report the global mean loss.
             totals = torch.tensor([total_loss, float(seen)], dtype=torch.float64, device=device)
@@ -1220,7 +1252,7 @@ def fit(
             record["gpu_mem_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
             record["gpu_mem_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
         if val is not None:
-            pred = predict_windows(model, val, batch_size=max(1024, settings.batch_size))
+            pred = predict_windows(eval_model, val, batch_size=max(1024, settings.batch_size))
             pred_t = torch.from_numpy(pred).to(val.device)
             y = val.y[val.sample_end[:, None] + val._targets]
             with torch.no_grad():
@@ -1234,7 +1266,7 @@ def fit(
         is_best = score > best_score
         if is_best:
             best_score, best_epoch, bad_epochs = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(eval_model.state_dict())
         else:
             bad_epochs += 1
         history.append(record)
@@ -1263,9 +1295,10 @@ def fit(
             "best_epoch": best_epoch,
             "bad_epochs": bad_epochs,
             "history": history,
+            "ema_state_dict": ema.state_dict() if ema is not None else None,
         }
         if on_epoch is not None and rank == 0:
-            on_epoch(record, model, is_best, state)
+            on_epoch(record, eval_model, is_best, state)
         if val is not None and settings.patience and bad_epochs >= settings.patience:
             log.info("early stopping: no better validation NSE for %d epochs", bad_epochs)
             stopped_early = True

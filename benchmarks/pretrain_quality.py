@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples_per_epoch", type=int, default=0)
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other run.config key for sca2lstm.py, e.g. --set STATIC_CLAMP=null",
+    )
     p.add_argument("--output", default="benchmarks/results/pretrain_quality.csv")
     return p
 
@@ -70,7 +77,7 @@ def scenario_args(a: argparse.Namespace) -> list[str]:
         "--set", f"LSTM_HIDDEN_DIM={a.hidden}", "--set", f"NUM_LAYERS={a.num_layers}",
         "--set", f"EMBEDDING_DIM={a.embedding_dim}", "--set", f"DROPOUT={a.dropout}",
         "--set", f"SAMPLES_PER_EPOCH={a.samples_per_epoch}", "--set", f"PATIENCE={a.patience}",
-        "--set", "WARMUP_STEPS=50",
+        "--set", "WARMUP_STEPS=50", *[arg for kv in a.set for arg in ("--set", kv)],
     ]  # fmt: skip
     if a.scenario == "forecast":
         return [*common, "--mode", "forecast", "--seq_len", "3", "--pred_len", "1"]

@@ -13,6 +13,9 @@ For each shape (batch, window, hidden size, basins, batches) and device, three f
   dataset and DataLoader (``BaseTrainer``) at the same shape, in the same invocation; otherwise
   the row says that it is not installed.
 
+Each row also has the samples/s of the data path alone (batches onto the device, no model), for
+ours and for the peer.
+
 The ratio ``end_to_end / model_step`` says how much of the step time the data path costs; the
 issue asks for at least 0.8 on a GPU, and for at least 3× the peer on a two-core CPU at a small
 shape (e.g. ``--shape 256,30,32,2,20``).
@@ -44,7 +47,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hydrologyDataset import FeatureSpec, Scalers, WindowData, load_input_data  # noqa: E402
+from hydrologyDataset import (  # noqa: E402
+    FeatureSpec,
+    Scalers,
+    WindowData,
+    find_source,
+    load_input_data,
+    read_attributes,
+    static_matrix,
+)
 from sca2lstm import SCA2LSTM, ModelArgs  # noqa: E402
 from utils import (  # noqa: E402
     TrainSettings,
@@ -178,8 +189,24 @@ def shape_config(a: argparse.Namespace, shape: Shape, data_path: str, input_dir:
     return load_config(stage="pretrain", overrides=overrides)
 
 
-def end_to_end(config: dict, data_dir: Path, device: torch.device) -> tuple[float, int]:
-    """(median samples/s of fit's epochs after the first, training windows) on real WindowData."""
+def _batches_per_s(batches, n: int, device: torch.device) -> float:
+    """Batches/s of taking ``n`` batches from ``batches`` onto ``device``: the data path alone."""
+    it = iter(batches)
+    next(it)  # first batch: DataLoader workers start
+    t0 = time.perf_counter()
+    for _ in range(n):
+        batch = next(it)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+    _sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+def end_to_end(config: dict, data_dir: Path, device: torch.device) -> tuple[float, int, float]:
+    """(median samples/s of fit's epochs after the first, training windows, data path alone).
+
+    The data path alone is the samples/s of gathering ``n_batches`` batches onto the device, no
+    model: tensor indexing (resident) or the DataLoader (stream), as ``fit`` takes them.
+    """
     basins = config["TRAIN_BASINS"]
     data = load_input_data(config, data_dir, basins)
     spec = FeatureSpec.from_config(config)
@@ -191,7 +218,25 @@ def end_to_end(config: dict, data_dir: Path, device: torch.device) -> tuple[floa
     settings = TrainSettings.from_config(config, device)
     result = fit(model, train, None, settings, device)
     rates = [h["samples_per_s"] for h in result.history[1:]]
-    return float(statistics.median(rates)), len(train)
+    b, n = settings.batch_size, math.ceil(settings.samples_per_epoch / settings.batch_size)
+    generator = torch.Generator().manual_seed(0)
+    if config["DATA_PATH"] == "resident":
+        batches = train.iter_batches(b, shuffle=True, generator=generator, limit=b * (n + 1))
+    else:
+        from torch.utils.data import DataLoader, RandomSampler
+
+        sampler = RandomSampler(train.to_dataset(), num_samples=b * (n + 1), generator=generator)
+        workers = settings.num_workers
+        batches = DataLoader(
+            train.to_dataset(),
+            batch_size=b,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=settings.pin_memory,
+            prefetch_factor=settings.prefetch_factor if workers > 0 else None,
+        )
+    data_rate = b * _batches_per_s(batches, n, device)
+    return float(statistics.median(rates)), len(train), data_rate
 
 
 def model_step(config: dict, device: torch.device, shape: Shape, repeats: int) -> float:
@@ -240,8 +285,10 @@ def _nh_date(iso: str) -> str:
 
 def peer_throughput(
     config: dict, data_dir: Path, device: torch.device, shape: Shape, workers: int, work: Path
-) -> float:
+) -> tuple[float, float]:
     """samples/s of neuralhydrology's CudaLSTM through its own dataset and DataLoader.
+
+    Returns (training samples/s, samples/s of its DataLoader alone onto the device).
 
     Same basins, training period, inputs, static attributes, window, batch and hidden size; its
     ``BaseTrainer`` epoch loop with ``max_updates_per_epoch`` batches, one warm-up epoch first.
@@ -249,6 +296,12 @@ def peer_throughput(
     from neuralhydrology.training.basetrainer import BaseTrainer
     from neuralhydrology.utils.config import Config
 
+    # neuralhydrology refuses attributes that are constant over the training basins (our Scalers
+    # keep them at scale 1); give it the rest, which changes its input width by a few columns.
+    table = read_attributes(find_source(data_dir))
+    stat = static_matrix(table, config["TRAIN_BASINS"], config["STATIC_ATTRIBUTES"])
+    spread = stat.std(axis=0)
+    varying = [a for a, sd in zip(config["STATIC_ATTRIBUTES"], spread, strict=True) if sd > 0]
     basin_file = work / "nh_basins.txt"
     basin_file.write_text("\n".join(config["TRAIN_BASINS"]) + "\n", encoding="utf-8")
     cfg = Config(
@@ -268,7 +321,7 @@ def peer_throughput(
             "dataset": "camels_gb",
             "data_dir": str(data_dir),
             "dynamic_inputs": list(config["DYNAMIC_INPUTS"]),
-            "static_attributes": list(config["STATIC_ATTRIBUTES"]),
+            "static_attributes": varying,
             "target_variables": [config["TARGET"]],
             "model": "cudalstm",
             "head": "regression",
@@ -300,7 +353,9 @@ def peer_throughput(
     t0 = time.perf_counter()
     trainer._train_epoch(2)
     _sync(device)
-    return shape.batch_size * shape.n_batches / (time.perf_counter() - t0)
+    train_rate = shape.batch_size * shape.n_batches / (time.perf_counter() - t0)
+    n = min(shape.n_batches, len(trainer.loader) - 1)
+    return train_rate, shape.batch_size * _batches_per_s(trainer.loader, n, device)
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -334,13 +389,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                 step_rate = None
                 for data_path in a.data_path:
                     config = shape_config(a, shape, data_path, input_dir)
-                    e2e, n_windows = end_to_end(config, data_dir, device)
+                    e2e, n_windows, data_rate = end_to_end(config, data_dir, device)
                     if step_rate is None:
                         step_rate = model_step(config, device, shape, a.repeats)
-                    peer, status = float("nan"), peer_note
+                    peer, peer_data, status = float("nan"), float("nan"), peer_note
                     if peer_ok and data_path == a.data_path[0]:
                         try:
-                            peer = peer_throughput(config, data_dir, device, shape, a.workers, work)
+                            peer, peer_data = peer_throughput(
+                                config, data_dir, device, shape, a.workers, work
+                            )
                         except Exception as err:  # noqa: BLE001 - keep our figures if the peer fails
                             status = f"neuralhydrology failed: {type(err).__name__}: {err}"
                     row = {
@@ -357,7 +414,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                         "end_to_end_samples_s": e2e,
                         "model_step_samples_s": step_rate,
                         "end_to_end_over_model_step": e2e / step_rate,
+                        "data_path_alone_samples_s": data_rate,
                         "peer_samples_s": peer,
+                        "peer_data_path_alone_samples_s": peer_data,
                         "ours_over_peer": e2e / peer,
                         "peer": status,
                         "torch": torch.__version__,
@@ -368,8 +427,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                         f"basins={shape.basins} batches={shape.n_batches} {data_path}: "
                         f"end-to-end {e2e:,.0f} samples/s, model step {step_rate:,.0f} "
                         f"samples/s, ratio {e2e / step_rate:.2f}; "
+                        + (f"data path alone {data_rate:,.0f} samples/s; " * math.isnan(peer))
                         + (
-                            f"peer {peer:,.0f} samples/s, ours/peer {e2e / peer:.2f}"
+                            f"peer {peer:,.0f} samples/s, ours/peer {e2e / peer:.2f}; data "
+                            f"path alone: ours {data_rate:,.0f}, peer {peer_data:,.0f} samples/s"
                             if not math.isnan(peer)
                             else status
                         )

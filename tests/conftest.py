@@ -27,7 +27,7 @@ def camels_gb_dir() -> Path:
     value = os.environ.get("CAMELS_GB_DIR")
     if not value:
         pytest.skip("CAMELS_GB_DIR is not set; real-data tests need the CAMELS-GB sample")
-    path = Path(value).expanduser()
+    path = Path(value).expanduser().resolve()  # tests symlink to it from other folders
     if not path.is_dir():
         pytest.fail(f"CAMELS_GB_DIR={value} is set but is not a readable folder")
     try:

@@ -145,6 +145,13 @@ def test_fine_tune_ratio_outside_open_unit_interval_raises(ratio):
         load_config(overrides=[f"FINE_TUNE_RATIO={ratio}"])
 
 
+def test_static_clamp_accepts_null_and_rejects_negative_margins():
+    assert load_config(overrides=["STATIC_CLAMP=null"])["STATIC_CLAMP"] is None
+    assert load_config(overrides=["STATIC_CLAMP=0"])["STATIC_CLAMP"] == 0.0
+    with pytest.raises(UserError, match="STATIC_CLAMP must be 0 or more"):
+        load_config(overrides=["STATIC_CLAMP=-0.5"])
+
+
 def test_fine_tune_ratio_inside_is_accepted():
     assert load_config(overrides=["FINE_TUNE_RATIO=0.5"])["FINE_TUNE_RATIO"] == 0.5
 

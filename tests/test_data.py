@@ -167,6 +167,41 @@ def test_scalers_fitted_on_training_basins_and_period_only(real_data, base_confi
     assert moved.target_mean != scalers.target_mean
 
 
+def test_static_clamp_bounds_unseen_basins_only(real_data, base_config):
+    spec = hd.FeatureSpec.from_config(base_config)
+    train = base_config["TRAIN_BASINS"]
+    unseen = [b for b in SAMPLE_BASINS if b not in train]
+    attrs = list(spec.static_attributes)
+    clamped = hd.Scalers.fit(real_data, spec, train, *period(base_config, "train"), 0.5)
+    free = hd.Scalers.fit(real_data, spec, train, *period(base_config, "train"), None)
+    mean, std = np.array(clamped.static_mean), np.array(clamped.static_std)
+
+    raw_train = hd.static_matrix(real_data.attributes, train, attrs)
+    np.testing.assert_allclose(clamped.scale_static(raw_train), (raw_train - mean) / std)
+
+    raw = hd.static_matrix(real_data.attributes, unseen, attrs)
+    z = (raw - mean) / std
+    lo = (raw_train.min(axis=0) - mean) / std - 0.5
+    hi = (raw_train.max(axis=0) - mean) / std + 0.5
+    np.testing.assert_allclose(clamped.scale_static(raw), np.clip(z, lo, hi))
+    # soil depth of 22006 lies about 11 training stds above the mean of the 5 training basins
+    j = attrs.index("soil_depth_pelletier")
+    assert z[unseen.index("22006"), j] > hi[j] + 5
+    assert clamped.scale_static(raw)[unseen.index("22006"), j] == pytest.approx(hi[j])
+    np.testing.assert_allclose(free.scale_static(raw), z)
+
+    # a checkpoint written before STATIC_CLAMP existed has no range: no clamping
+    new_keys = ("static_min", "static_max", "static_clamp")
+    old = {k: v for k, v in clamped.to_dict().items() if k not in new_keys}
+    np.testing.assert_allclose(hd.Scalers.from_dict(old).scale_static(raw), z)
+    assert hd.Scalers.from_dict(clamped.to_dict()) == clamped
+
+    windows = hd.WindowData(real_data, spec, clamped, unseen[:2], *period(base_config, "test"))
+    np.testing.assert_allclose(
+        windows.static.numpy(), clamped.scale_static(raw[:2]).astype(np.float32), rtol=1e-6
+    )
+
+
 @pytest.mark.parametrize("layout", ["official", "flat", "product"])
 def test_layouts(layout, tmp_path, camels_gb_dir, real_data, dp_args):
     official = hd.find_source(camels_gb_dir)

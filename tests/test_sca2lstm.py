@@ -128,6 +128,11 @@ def test_pretrain_outputs_and_checkpoint(pretrained_forecast):  # noqa: F811
         assert key in ckpt, key
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model_state_dict"])
     assert ckpt["synthetic_data"] is True
+    # the static clamp travels with the scalers, so fine-tuning and prediction apply it unchanged
+    scalers = ckpt["scalers"]
+    assert scalers["static_clamp"] == ckpt["config"]["STATIC_CLAMP"] == 0.5
+    n_static = len(ckpt["config"]["STATIC_ATTRIBUTES"])
+    assert len(scalers["static_min"]) == len(scalers["static_max"]) == n_static
     metrics = pd.read_csv(run / "metrics_test_period.csv")
     assert set(metrics["basin"].astype(str)) == set(ckpt["config"]["TEST_BASINS"]) | set(
         ckpt["config"]["VAL_BASINS"]

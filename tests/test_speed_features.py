@@ -263,6 +263,7 @@ def test_train_throughput_tiny_run_writes_its_csv(demo_dir, tmp_path):  # noqa: 
     row = written.iloc[0]
     assert row["device"].startswith("CPU")
     assert row["end_to_end_samples_s"] > 0 and row["model_step_samples_s"] > 0
+    assert row["data_path_alone_samples_s"] > row["end_to_end_samples_s"]
     assert row["end_to_end_over_model_step"] == pytest.approx(
         row["end_to_end_samples_s"] / row["model_step_samples_s"], rel=1e-3
     )
@@ -346,3 +347,61 @@ def test_fit_sets_checkpointing_from_settings_and_says_when_it_does_not_apply(sc
         torch.device("cpu"),
     )
     assert model.gradient_checkpointing is False
+
+
+def _weights(model: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_ema_weights_are_the_moving_average_that_is_evaluated_and_kept():
+    torch.manual_seed(0)
+    settings = TrainSettings(epochs=4, lr=1e-2, batch_size=8, ema_decay=0.5)
+    raw, evaluated, ema_states = [], [], []
+
+    def on_epoch(record, model_, is_best, state):
+        raw.append({k: v.detach().clone() for k, v in state["model_state_dict"].items()})
+        evaluated.append(_weights(model_))
+        ema_states.append(int(state["ema_state_dict"]["n_averaged"]))
+
+    model = _PlainModel()
+    result = fit(model, _OneBatch(7, 5), None, settings, torch.device("cpu"), on_epoch=on_epoch)
+    # one optimiser step per epoch: ema_1 = w_1, ema_k = 0.5 ema_(k-1) + 0.5 w_k
+    expected = raw[0]
+    for k, weights in enumerate(raw):
+        if k:
+            expected = {n: 0.5 * expected[n] + 0.5 * weights[n] for n in weights}
+        for name in weights:
+            torch.testing.assert_close(evaluated[k][name], expected[name])
+        assert ema_states[k] == k + 1
+    assert not torch.equal(evaluated[-1]["linear.weight"], raw[-1]["linear.weight"])
+    # the weights kept at the end are the averaged ones of the best epoch
+    best = evaluated[result.best_epoch - 1]
+    for name, value in _weights(model).items():
+        torch.testing.assert_close(value, best[name])
+
+
+def test_ema_with_a_vanishing_decay_trains_like_no_averaging():
+    torch.manual_seed(0)
+    start, data = _PlainModel(), _OneBatch(7, 5)
+    runs = []
+    for decay in (None, 1e-9):
+        model = copy.deepcopy(start)
+        settings = TrainSettings(epochs=3, lr=1e-2, batch_size=8, seed=1, ema_decay=decay)
+        fit(model, data, None, settings, torch.device("cpu"))
+        runs.append(_weights(model))
+    for name in runs[0]:
+        torch.testing.assert_close(runs[0][name], runs[1][name], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.1"])
+def test_ema_decay_outside_the_open_unit_interval_is_rejected(value):
+    with pytest.raises(UserError, match="EMA_DECAY must be strictly between 0 and 1"):
+        load_config(overrides=[f"EMA_DECAY={value}"])
+
+
+def test_a_non_finite_training_loss_stops_fit_with_the_epoch_named():
+    data = _OneBatch(7, 5)
+    data.batch["x"][0, -1, 0] = float("nan")
+    settings = TrainSettings(epochs=2, lr=1e-3, batch_size=8)
+    with pytest.raises(RuntimeError, match="the training loss became nan in epoch 1"):
+        fit(_PlainModel(), data, None, settings, torch.device("cpu"))
