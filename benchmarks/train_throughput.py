@@ -225,10 +225,11 @@ def end_to_end(config: dict, data_dir: Path, device: torch.device) -> tuple[floa
     else:
         from torch.utils.data import DataLoader, RandomSampler
 
-        sampler = RandomSampler(train.to_dataset(), num_samples=b * (n + 1), generator=generator)
+        dataset = train.to_dataset()
+        sampler = RandomSampler(dataset, num_samples=b * (n + 1), generator=generator)
         workers = settings.num_workers
         batches = DataLoader(
-            train.to_dataset(),
+            dataset,
             batch_size=b,
             sampler=sampler,
             num_workers=workers,

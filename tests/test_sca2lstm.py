@@ -18,6 +18,9 @@ from sca2lstm import SCA2LSTM, ModelArgs, load_config
 from utils import UserError, load_checkpoint, nse_star_loss
 
 REPO = Path(__file__).resolve().parents[1]
+# One training/validation basin and one test basin of the demo data, and a tiny model.
+ONE_BASIN = ("--train_basins", "32006", "--val_basins", "32006", "--test_basins", "22001")
+TINY_MODEL = ("--set", "LSTM_HIDDEN_DIM=8", "--set", "EMBEDDING_DIM=4")
 
 
 def small_args(**kw) -> ModelArgs:
@@ -159,12 +162,7 @@ def test_notebook_snippet_with_default_config(demo_dir, tmp_path):  # noqa: F811
             demo_dir,
             tmp_path,
             "--dry-run",
-            "--train_basins",
-            "32006",
-            "--val_basins",
-            "32006",
-            "--test_basins",
-            "22001",
+            *ONE_BASIN,
         )
     )
     path = tmp_path / "model_output" / "sca2lstm.pth"
@@ -179,16 +177,8 @@ def test_resume_continues_the_run(demo_dir, tmp_path):  # noqa: F811
     args = demo_args(
         demo_dir,
         tmp_path,
-        "--train_basins",
-        "32006",
-        "--val_basins",
-        "32006",
-        "--test_basins",
-        "22001",
-        "--set",
-        "LSTM_HIDDEN_DIM=8",
-        "--set",
-        "EMBEDDING_DIM=4",
+        *ONE_BASIN,
+        *TINY_MODEL,
         "--set",
         "TRAIN_START=1990-01-01",
         "--set",
@@ -213,12 +203,7 @@ def test_simulate_mode_eval_predicts_each_day_once(demo_dir, tmp_path):  # noqa:
             "20",
             "--set",
             "PREDICT_LAST_N=5",
-            "--train_basins",
-            "32006",
-            "--val_basins",
-            "32006",
-            "--test_basins",
-            "22001",
+            *ONE_BASIN,
             "--set",
             "LSTM_HIDDEN_DIM=8",
         )
@@ -339,16 +324,8 @@ def test_resume_after_the_process_is_killed(demo_dir, tmp_path):  # noqa: F811
         *demo_args(
             demo_dir,
             tmp_path,
-            "--train_basins",
-            "32006",
-            "--val_basins",
-            "32006",
-            "--test_basins",
-            "22001",
-            "--set",
-            "LSTM_HIDDEN_DIM=8",
-            "--set",
-            "EMBEDDING_DIM=4",
+            *ONE_BASIN,
+            *TINY_MODEL,
             "--set",
             "PATIENCE=0",
             "--set",
