@@ -44,20 +44,14 @@ from hydrologyDataset import (
     load_input_data,
     resolve_data_dir,
 )
-from sca2lstm import (
-    SCA2LSTM,
-    ModelArgs,
-    basin_metrics_table,
-    checkpoint_payload,
-    eval_stride,
-    output_root,
-    plot_training_curve,
-)
+from sca2lstm import SCA2LSTM, ModelArgs
 from utils import (
     STAGES,
     TrainSettings,
     UserError,
     add_common_args,
+    basin_metrics_table,
+    checkpoint_payload,
     close_log_files,
     fit,
     iso_date,
@@ -65,8 +59,10 @@ from utils import (
     load_config,
     log,
     make_run_dir,
+    output_root,
     parse_set,
     period,
+    plot_training_curve,
     positive_int,
     predict_windows,
     resolve_device,
@@ -442,7 +438,7 @@ def prepare(args: argparse.Namespace) -> FineTuneJob:
         data.basins[basin], spec, config, config["FINE_TUNE_RATIO"], args.start, args.end
     )
     win_device = device if config["DATA_PATH"] == "resident" else torch.device("cpu")
-    stride = eval_stride(spec)
+    stride = spec.eval_stride
     train = WindowData(
         data, spec, scalers, [basin], split.train_start, split.train_end, device=win_device
     )

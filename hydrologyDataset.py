@@ -557,6 +557,11 @@ class FeatureSpec:
         )
 
     @property
+    def eval_stride(self) -> int:
+        """Window stride that predicts every day once (simulate with PREDICT_LAST_N > 1)."""
+        return self.predict_last_n if self.mode == "simulate" else 1
+
+    @property
     def forcings(self) -> tuple[str, ...]:
         return self.dynamic_inputs if self.use_forcings else ()
 

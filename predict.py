@@ -58,11 +58,11 @@ from hydrologyDataset import (
     load_input_data,
     resolve_data_dir,
 )
-from sca2lstm import basin_metrics_table, eval_stride, output_root, plot_channel_weights
 from utils import (
     ROOT,
     UserError,
     add_common_args,
+    basin_metrics_table,
     close_log_files,
     csv_list,
     load_checkpoint,
@@ -70,6 +70,8 @@ from utils import (
     log,
     make_run_dir,
     mm_per_day_to_m3s,
+    output_root,
+    plot_channel_weights,
     predict_windows,
     progress,
     resolve_device,
@@ -398,7 +400,7 @@ def build_windows(
         end,
         need_target=False,
         device=device,
-        stride=eval_stride(lm.spec),
+        stride=lm.spec.eval_stride,
     )
     empty = [b for b, n in zip(basins, windows.n_samples_per_basin, strict=True) if n == 0]
     if empty:

@@ -55,19 +55,14 @@ from hydrologyDataset import (
     load_input_data,
     resolve_data_dir,
 )
-from sca2lstm import (
-    basin_metrics_table,
-    checkpoint_payload,
-    eval_stride,
-    output_root,
-    plot_training_curve,
-)
 from utils import (
     PSO_DIMENSIONS,
     CheckpointLoadable,
     TrainSettings,
     UserError,
     add_common_args,
+    basin_metrics_table,
+    checkpoint_payload,
     close_log_files,
     csv_list,
     fit,
@@ -75,7 +70,9 @@ from utils import (
     load_config,
     log,
     make_run_dir,
+    output_root,
     period,
+    plot_training_curve,
     positive_int,
     predict_windows,
     progress,
@@ -657,7 +654,7 @@ class BasinSetup:
                 [self.basin],
                 *period(self.config, name),
                 device=device,
-                stride=eval_stride(spec),
+                stride=spec.eval_stride,
             )
         return self._windows[key]
 

@@ -38,11 +38,12 @@ from hydrologyDataset import (
     resolve_data_dir,
 )
 from utils import (
-    ROOT,
     CheckpointLoadable,
     TrainSettings,
     UserError,
     add_common_args,
+    basin_metrics_table,
+    checkpoint_payload,
     close_log_files,
     csv_list,
     distributed_rank,
@@ -52,13 +53,15 @@ from utils import (
     load_config,
     log,
     make_run_dir,
+    output_root,
     period,
+    plot_channel_weights,
+    plot_training_curve,
     positive_int,
     predict_windows,
     resolve_device,
     run_cli,
     save_checkpoint,
-    save_figure,
     seed_everything,
     setup_logging,
     write_csv,
@@ -309,87 +312,6 @@ def activation_memory_estimate(
     return batch_size * seq_len * per_step * bytes_per_value
 
 
-# --------------------------------------------------------------------------- shared helpers
-
-
-def eval_stride(spec: FeatureSpec) -> int:
-    """Window stride that predicts every day once (simulate with PREDICT_LAST_N > 1)."""
-    return spec.predict_last_n if spec.mode == "simulate" else 1
-
-
-def checkpoint_payload(
-    model: SCA2LSTM,
-    config: dict,
-    spec: FeatureSpec,
-    scalers: Scalers,
-    data: InputData,
-    stage: str,
-    epoch: int,
-    metrics: dict,
-    parent: str | None = None,
-    extra: dict | None = None,
-) -> dict:
-    """The self-contained checkpoint dict (tensors and plain Python types only)."""
-    state = {
-        k.removeprefix("module.").removeprefix("_orig_mod."): v.detach().cpu()
-        for k, v in model.state_dict().items()
-    }
-    return {
-        "model_class": type(model).__name__,
-        "model_args": asdict(model.args),
-        "model_state_dict": state,
-        "config": dict(config),
-        "scalers": scalers.to_dict(),
-        "features": spec.to_dict(),
-        "channels": list(spec.channels),
-        "basins": {k: list(config[k]) for k in ("TRAIN_BASINS", "VAL_BASINS", "TEST_BASINS")},
-        "stage": stage,
-        "epoch": int(epoch),
-        "metrics": metrics,
-        "parent": parent,
-        "synthetic_data": bool(data.synthetic),
-        "data_dir": str(data.source.root),
-        **(extra or {}),
-    }
-
-
-def basin_metrics_table(windows: WindowData, pred: np.ndarray, data: InputData, group: dict):
-    """Per-basin scores (physical units) as a DataFrame.
-
-    Forecast mode adds ``persistence_nse`` and ``skill_vs_persistence`` (1 − MSE_model /
-    MSE_persistence), both over the model's scored targets of every lead.
-    """
-    import pandas as pd
-
-    from utils import compute_metrics, mm_per_day_to_m3s, nse, series_by_basin
-
-    rows = []
-    for basin, s in series_by_basin(windows, pred).items():
-        b = data.basins[basin]
-        row = {"basin": basin, "gauge_name": b.name, "group": group.get(basin, "")}
-        row.update(compute_metrics(s["obs"], s["sim"]))
-        q_obs, q_sim = mm_per_day_to_m3s(s["obs"], b.area), mm_per_day_to_m3s(s["sim"], b.area)
-        row["rmse_m3s"] = compute_metrics(q_obs, q_sim)["rmse"]
-        row["mae_m3s"] = compute_metrics(q_obs, q_sim)["mae"]
-        if windows.spec.mode == "forecast":
-            # Persistence on the same scored targets: Q(d) predicted by Q(d - lead), the last
-            # observation when the forecast was issued.
-            offset = (s["date"] - b.start).astype(int) - s["lead"]
-            full = b.column(windows.spec.target).astype(np.float64)
-            prev = np.where(offset >= 0, full[offset.clip(0)], np.nan)
-            same = np.isfinite(s["obs"]) & np.isfinite(s["sim"]) & np.isfinite(prev)
-            obs = s["obs"][same]
-            row["persistence_nse"] = nse(obs, prev[same])
-            mse_persistence = np.mean((prev[same] - obs) ** 2) if same.any() else 0.0
-            row["skill_vs_persistence"] = (
-                float(1.0 - np.mean((s["sim"][same] - obs) ** 2) / mse_persistence)
-                if mse_persistence > 0
-                else float("nan")
-            )
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 # --------------------------------------------------------------------------- pretraining
 
 
@@ -476,11 +398,6 @@ def resolve_pretrain_config(args: argparse.Namespace) -> dict:
     return load_config(args.config, stage="pretrain", overrides=args.set, flags=flags)
 
 
-def output_root(config: dict) -> Path:
-    out = Path(config["OUTPUT_DIR"])
-    return out if out.is_absolute() else ROOT / out
-
-
 def _find_resume(config: dict, value: str) -> Path:
     runs = output_root(config) / "pretrain"
     if value == "latest":
@@ -495,57 +412,6 @@ def _find_resume(config: dict, value: str) -> Path:
     if not (path / "last_model.pth").is_file():
         raise UserError(f"--resume {value}: no last_model.pth in that folder; give a run folder")
     return path
-
-
-def plot_training_curve(history: list[dict], path: Path, title: str) -> None:
-    """Training and validation loss, and validation NSE, per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="training loss (NSE*)")
-    ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation loss (NSE*)")
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("loss (scaled units)")
-    ax2 = ax.twinx()
-    ax2.plot(
-        epochs,
-        [h["val_nse"] for h in history],
-        "^--",
-        color="tab:green",
-        label="validation median NSE",
-    )
-    ax2.set_ylabel("validation median NSE (-)")
-    lines = ax.get_legend_handles_labels()
-    lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="best", fontsize=8)
-    ax.set_title(title)
-    save_figure(fig, path)
-
-
-def plot_channel_weights(table, path: Path, title: str) -> None:
-    """Heat map of the mean channel weight per basin (rows) and channel (columns)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    values = table.drop(columns=["basin", "gauge_name"]).to_numpy(dtype=float)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * values.shape[1], 1.0 + 0.45 * len(table)))
-    image = ax.imshow(values, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(values.shape[1]), table.columns[2:], rotation=45, ha="right")
-    ax.set_yticks(
-        range(len(table)),
-        [f"{b} {n}"[:40] for b, n in zip(table.basin, table.gauge_name, strict=True)],
-    )
-    fig.colorbar(image, ax=ax, label="mean channel weight (1 = uniform)")
-    ax.set_title(title)
-    save_figure(fig, path)
 
 
 def channel_weight_table(model: SCA2LSTM, windows: WindowData, data: InputData, batch_size: int):
@@ -605,7 +471,7 @@ def pretrain(
         groups["validation"],
         *period(config, "validation"),
         device=device,
-        stride=eval_stride(spec),
+        stride=spec.eval_stride,
     )
     if dry_run:
         train.subsample(256, seed=0)
@@ -724,7 +590,7 @@ def pretrain(
         scored,
         *period(config, "test"),
         device=device,
-        stride=eval_stride(spec),
+        stride=spec.eval_stride,
     )
     pred = predict_windows(model, test, batch_size=max(1024, settings.batch_size))
     metrics = basin_metrics_table(test, pred, data, group_of)

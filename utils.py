@@ -20,7 +20,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -575,6 +575,66 @@ def save_figure(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def output_root(config: dict) -> Path:
+    """The output root (``OUTPUT_DIR``, relative to the repository): stage folders go below it."""
+    out = Path(config["OUTPUT_DIR"])
+    return out if out.is_absolute() else ROOT / out
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curve(history: list[dict], path: Path, title: str) -> None:
+    """Training and validation loss, and validation NSE, per epoch."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="training loss (NSE*)")
+    ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation loss (NSE*)")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("loss (scaled units)")
+    ax2 = ax.twinx()
+    ax2.plot(
+        epochs,
+        [h["val_nse"] for h in history],
+        "^--",
+        color="tab:green",
+        label="validation median NSE",
+    )
+    ax2.set_ylabel("validation median NSE (-)")
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="best", fontsize=8)
+    ax.set_title(title)
+    save_figure(fig, path)
+
+
+def plot_channel_weights(table, path: Path, title: str) -> None:
+    """Heat map of the mean channel weight per basin (rows) and channel (columns)."""
+    plt = pyplot()
+    values = table.drop(columns=["basin", "gauge_name"]).to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * values.shape[1], 1.0 + 0.45 * len(table)))
+    image = ax.imshow(values, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(values.shape[1]), table.columns[2:], rotation=45, ha="right")
+    ax.set_yticks(
+        range(len(table)),
+        [f"{b} {n}"[:40] for b, n in zip(table.basin, table.gauge_name, strict=True)],
+    )
+    fig.colorbar(image, ax=ax, label="mean channel weight (1 = uniform)")
+    ax.set_title(title)
+    save_figure(fig, path)
+
+
 def _json_safe(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _json_safe(v) for k, v in obj.items()}
@@ -651,6 +711,46 @@ class CheckpointLoadable:
         model = cls(cls.args_class(**ckpt["model_args"]))
         model.load_state_dict(ckpt["model_state_dict"])
         return model.to(map_location)
+
+
+def checkpoint_payload(
+    model,
+    config: dict,
+    spec,
+    scalers,
+    data,
+    stage: str,
+    epoch: int,
+    metrics: dict,
+    parent: str | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """The self-contained checkpoint dict (tensors and plain Python types only).
+
+    ``model`` is any toolkit model with an ``args`` dataclass; ``spec``, ``scalers`` and ``data``
+    are the ``hydrologyDataset`` FeatureSpec, Scalers and InputData it was trained with.
+    """
+    state = {
+        k.removeprefix("module.").removeprefix("_orig_mod."): v.detach().cpu()
+        for k, v in model.state_dict().items()
+    }
+    return {
+        "model_class": type(model).__name__,
+        "model_args": asdict(model.args),
+        "model_state_dict": state,
+        "config": dict(config),
+        "scalers": scalers.to_dict(),
+        "features": spec.to_dict(),
+        "channels": list(spec.channels),
+        "basins": {k: list(config[k]) for k in ("TRAIN_BASINS", "VAL_BASINS", "TEST_BASINS")},
+        "stage": stage,
+        "epoch": int(epoch),
+        "metrics": metrics,
+        "parent": parent,
+        "synthetic_data": bool(data.synthetic),
+        "data_dir": str(data.source.root),
+        **(extra or {}),
+    }
 
 
 # --------------------------------------------------------------------------- devices, seeds
@@ -835,6 +935,58 @@ def compute_metrics(obs, sim) -> dict[str, float]:
 def mm_per_day_to_m3s(values, area_km2: float):
     """Convert specific discharge (mm/day) to m³/s: 1 mm over 1 km² is 1000 m³, a day 86400 s."""
     return np.asarray(values, dtype=np.float64) * float(area_km2) * 1000.0 / 86400.0
+
+
+def persistence_scores(obs, sim, prev) -> dict[str, float]:
+    """Persistence NSE and the model's skill over persistence, on the same scored days.
+
+    Parameters
+    ----------
+    obs, sim : array_like
+        Observed and simulated flow on the scored days.
+    prev : array_like
+        The persistence forecast of each day: the last observation when the forecast was issued.
+
+    Returns
+    -------
+    dict
+        ``persistence_nse`` (NSE of ``prev``) and ``skill_vs_persistence``
+        (1 − MSE_model / MSE_persistence), over the days where all three are finite.
+    """
+    o, s, p = (np.asarray(a, dtype=np.float64) for a in (obs, sim, prev))
+    same = np.isfinite(o) & np.isfinite(s) & np.isfinite(p)
+    o, s, p = o[same], s[same], p[same]
+    mse_persistence = float(np.mean((p - o) ** 2)) if o.size else 0.0
+    mse_model = float(np.mean((s - o) ** 2)) if o.size else math.nan
+    skill = 1.0 - mse_model / mse_persistence if mse_persistence > 0 else math.nan
+    return {"persistence_nse": nse(o, p), "skill_vs_persistence": skill}
+
+
+def basin_metrics_table(windows, pred: np.ndarray, data, group: dict):
+    """Per-basin scores (physical units) as a DataFrame.
+
+    Forecast mode adds ``persistence_nse`` and ``skill_vs_persistence`` (1 − MSE_model /
+    MSE_persistence), both over the model's scored targets of every lead.
+    """
+    import pandas as pd
+
+    rows = []
+    for basin, s in series_by_basin(windows, pred).items():
+        b = data.basins[basin]
+        row = {"basin": basin, "gauge_name": b.name, "group": group.get(basin, "")}
+        row.update(compute_metrics(s["obs"], s["sim"]))
+        q_obs, q_sim = mm_per_day_to_m3s(s["obs"], b.area), mm_per_day_to_m3s(s["sim"], b.area)
+        row["rmse_m3s"] = compute_metrics(q_obs, q_sim)["rmse"]
+        row["mae_m3s"] = compute_metrics(q_obs, q_sim)["mae"]
+        if windows.spec.mode == "forecast":
+            # Persistence on the same scored targets: Q(d) predicted by Q(d - lead), the last
+            # observation when the forecast was issued.
+            offset = (s["date"] - b.start).astype(int) - s["lead"]
+            full = b.column(windows.spec.target).astype(np.float64)
+            prev = np.where(offset >= 0, full[offset.clip(0)], np.nan)
+            row.update(persistence_scores(s["obs"], s["sim"], prev))
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- training engine

@@ -29,7 +29,7 @@ from demo_fixtures import (  # noqa: F401
 import fine_train
 from demo_data import write_demo_dataset
 from hydrologyDataset import BasinData, FeatureSpec, Scalers, WindowData, load_input_data
-from sca2lstm import SCA2LSTM, eval_stride
+from sca2lstm import SCA2LSTM
 from utils import (
     FitResult,
     UserError,
@@ -190,7 +190,7 @@ def test_saved_checkpoint_reproduces_the_reported_validation_score(tuned, demo_d
         [BASIN],
         np.datetime64(split["val_start"]),
         np.datetime64(split["val_end"]),
-        stride=eval_stride(spec),
+        stride=spec.eval_stride,
     )
     score = median_nse(val, predict_windows(model, val))
     assert score == pytest.approx(result["summary"]["validation"]["fine_tuned_nse"], abs=1e-6)

@@ -249,7 +249,7 @@ def test_eval_stride_and_spec_roundtrip():
     spec = FeatureSpec.from_config(load_config())
     assert FeatureSpec.from_dict(spec.to_dict()) == spec
     sim = replace(spec, mode="simulate", predict_last_n=7)
-    assert sca2lstm.eval_stride(sim) == 7 and sca2lstm.eval_stride(spec) == 1
+    assert sim.eval_stride == 7 and spec.eval_stride == 1
 
 
 def test_parallel_two_cpu_processes_match_single_process(demo_dir, tmp_path):  # noqa: F811
