@@ -35,6 +35,7 @@ import torch
 import yaml
 
 from hydrologyDataset import (
+    HINDCAST_NOTE,
     BasinData,
     FeatureSpec,
     InputData,
@@ -60,6 +61,7 @@ from utils import (
     log,
     make_run_dir,
     output_root,
+    parse_horizon_weights,
     parse_set,
     period,
     plot_training_curve,
@@ -88,6 +90,7 @@ MIN_RECORDS = 5000
 INHERITED_KEYS = (
     "MODE",
     "DYNAMIC_INPUTS",
+    "FUTURE_INPUTS",
     "TARGET",
     "STATIC_ATTRIBUTES",
     "SEQ_LEN",
@@ -154,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=iso_date,
         help="last day of the record to tune on (default and latest: the day before TEST_START)",
     )
+    parser.add_argument(
+        "--horizon_weights",
+        metavar="W1,W2,...",
+        help="HORIZON_WEIGHTS: one loss weight per lead day of the checkpoint's PRED_LEN, e.g. "
+        '"1.5,1.5,1.2,1.0,1.0,0.9,0.9" (normalised to mean 1)',
+    )
     parser.add_argument("--seed", type=int, help="SEED")
     parser.add_argument("--no_cuda", action="store_true", help="run on the CPU")
     parser.add_argument("--demo", action="store_true", help="use the synthetic demo dataset")
@@ -170,12 +179,22 @@ def resolve_fine_tune_config(args: argparse.Namespace) -> dict:
         "FINE_TUNE_RATIO": args.fine_tune_ratio,
         "SEED": args.seed,
         "OUTPUT_DIR": args.output_dir,
+        "HORIZON_WEIGHTS": (
+            parse_horizon_weights(args.horizon_weights) if args.horizon_weights else None
+        ),
     }
     if args.batch_size is not None:
         flags["BATCH_SIZE"] = flags["BATCH_SIZE_GPU"] = args.batch_size
     if args.learning_rate is not None:
         flags["LR"] = flags["LR_GPU"] = args.learning_rate
-    config = load_config(args.config, stage="fine_tune", overrides=args.set, flags=flags)
+    # HORIZON_WEIGHTS count against the checkpoint's PRED_LEN: checked after the merge.
+    overrides = parse_set(args.set)
+    horizon = flags.pop("HORIZON_WEIGHTS") or overrides.pop("HORIZON_WEIGHTS", None)
+    config = load_config(args.config, stage="fine_tune", overrides=overrides, flags=flags)
+    if isinstance(horizon, str):
+        horizon = parse_horizon_weights(horizon)
+    if horizon is not None:
+        config["HORIZON_WEIGHTS"] = horizon if isinstance(horizon, list) else [horizon]
     if not config["WEIGHT_DECAY"] >= 0:
         raise UserError(
             f"WEIGHT_DECAY (--weight_decay) must be 0 or more, got {config['WEIGHT_DECAY']}"
@@ -241,6 +260,10 @@ def model_from_checkpoint(ckpt: dict, path: Path) -> tuple[SCA2LSTM, FeatureSpec
         problems.append("scalers of another feature list")
     if args.mode != spec.mode:
         problems.append(f"model mode {args.mode} vs feature mode {spec.mode}")
+    if args.future_len != spec.future_len:
+        problems.append(
+            f"{args.future_len} lead days in the model vs {spec.future_len} in features"
+        )
     if problems:
         raise UserError(f"{path} is inconsistent ({'; '.join(problems)}); retrain it")
     return model, spec, scalers
@@ -255,6 +278,8 @@ def merge_checkpoint_config(run_config: dict, ckpt: dict, explicit: set[str], pa
         The checkpoint's config lacks keys, or the user set an inherited key to another value.
     """
     saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
+    # A checkpoint from before FUTURE_INPUTS had none.
+    saved = {"FUTURE_INPUTS": [], **saved}
     missing = [k for k in INHERITED_KEYS if k not in saved]
     if missing:
         raise UserError(f"{path} has no {', '.join(missing)} in its config; retrain it")
@@ -539,6 +564,14 @@ def fine_tune(job: FineTuneJob, run_dir: Path) -> dict:
     log.info("run folder %s", run_dir)
     write_yaml(run_dir / "config.yaml", config)
     log.info("resolved config: %s", {k: config[k] for k in sorted(config)})
+    write_json(run_dir / "feature_classification.json", spec.feature_classification())
+    if spec.future_inputs:
+        log.info(
+            "future inputs over t+1..t+%d: %s; %s",
+            spec.pred_len,
+            ", ".join(spec.future_inputs),
+            HINDCAST_NOTE,
+        )
     log.info(
         "fine-tuning basin %s (%s) from %s (stage %s, %s mode, %d channels)",
         basin,

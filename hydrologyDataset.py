@@ -46,6 +46,11 @@ DISCHARGE_SIGNATURES = frozenset(
 )
 DEMO_DIR = ROOT / "datasets" / "CAMELS_GB_demo"
 Q_LAG, Q_MISSING = "discharge_lag", "discharge_lag_missing"
+# Logged (and in the readme) wherever a forecast sees forcings of its lead days.
+HINDCAST_NOTE = (
+    "hindcast: the observed forcings of the lead days stand in for a weather forecast, so these "
+    "scores are an upper bound of what a real forecast reaches"
+)
 
 
 # --------------------------------------------------------------------------- finding the files
@@ -530,6 +535,10 @@ class FeatureSpec:
         Window length, lead days (forecast) and trailing days scored per window (simulate).
     use_forcings : bool
         False gives a discharge-history-only model (PSO-LSTM ``--inputs q``).
+    future_inputs : tuple of str
+        Forcings known over the lead days t+1..t+PRED_LEN (FUTURE_INPUTS, forecast mode). Empty:
+        the window ends on day t. Otherwise it runs over t-L+1..t+PRED_LEN and lead k is read on
+        day t+k; discharge, its missing flag and the other forcings stay unknown past day t.
     """
 
     dynamic_inputs: tuple[str, ...]
@@ -540,6 +549,8 @@ class FeatureSpec:
     pred_len: int = 1
     predict_last_n: int = 1
     use_forcings: bool = True
+    # Checkpoints from before FUTURE_INPUTS hold no such entry: no future inputs, as then.
+    future_inputs: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: dict) -> FeatureSpec:
@@ -554,7 +565,33 @@ class FeatureSpec:
             config["SEQ_LEN"],
             config["PRED_LEN"],
             config["PREDICT_LAST_N"],
+            future_inputs=resolve_future_inputs(config),
         )
+
+    def __post_init__(self) -> None:
+        # Future inputs are forcings of a forecast; anything else has none.
+        if self.mode != "forecast" or not self.use_forcings:
+            object.__setattr__(self, "future_inputs", ())
+
+    @property
+    def future_len(self) -> int:
+        """Lead days appended to the input window: PRED_LEN with future inputs, else 0."""
+        return self.pred_len if self.future_inputs else 0
+
+    @property
+    def window_len(self) -> int:
+        """Days per input window: SEQ_LEN, plus PRED_LEN lead days with future inputs."""
+        return self.seq_len + self.future_len
+
+    def feature_classification(self) -> dict:
+        """Channels known over the lead days and the others (feature_classification.json)."""
+        known = list(self.future_inputs)
+        return {
+            "mode": self.mode,
+            "pred_len": self.pred_len if self.mode == "forecast" else 0,
+            "knowable_future_features": known,
+            "unknowable_future_features": [c for c in self.channels if c not in known],
+        }
 
     @property
     def eval_stride(self) -> int:
@@ -592,6 +629,17 @@ class FeatureSpec:
                     f"the model needs input column(s) {', '.join(missing)} that the data of basin "
                     f"{basin.basin} does not hold; use the inputs the model was trained with"
                 )
+
+
+def resolve_future_inputs(config: dict) -> tuple[str, ...]:
+    """FUTURE_INPUTS of ``config`` as a tuple: null means every DYNAMIC_INPUTS channel.
+
+    Configs from before the key (checkpoints) have no future inputs. Simulate mode has none.
+    """
+    if config["MODE"] != "forecast":
+        return ()
+    value = config.get("FUTURE_INPUTS", [])
+    return tuple(config["DYNAMIC_INPUTS"]) if value is None else tuple(value)
 
 
 @dataclass
@@ -743,6 +791,12 @@ class WindowData:
     (simulate, N = PREDICT_LAST_N) or Q_{t+1..t+P} (forecast). Missing targets are masked in
     ``y_mask``, never filled. In forecast mode the lagged discharge channel is 0 (the training
     mean) where unobserved, and the ``discharge_lag_missing`` channel is 1 there.
+
+    With future inputs (``spec.future_inputs``) a window issued on day t runs over
+    t-L+1..t+P and needs complete known forcings on the P lead days as well. Its rows of the
+    lead days are the data's rows; the model hides discharge, its flag and the unknown forcings
+    there (:meth:`sca2lstm.SCA2LSTM.hide_future`), so nothing observed after day t but the
+    known forcings reaches it.
     """
 
     def __init__(
@@ -763,6 +817,8 @@ class WindowData:
         self.start, self.end = np.datetime64(start, "D"), np.datetime64(end, "D")
         spec.check(data)
         L, pad = spec.seq_len, spec.pred_len if spec.mode == "forecast" else 0
+        F = spec.future_len
+        known = [spec.forcings.index(c) for c in spec.future_inputs]
         xs, ys, ends, owners, masks, periods, day0 = [], [], [], [], [], [], []
         offset = 0
         fmean = np.array(
@@ -786,6 +842,9 @@ class WindowData:
             q = scalers.scale_target(b.column(spec.target).astype(np.float64)).astype(np.float32)
             q_seen = np.isfinite(q)
             ok = np.isfinite(forc).all(axis=1)
+            known_ok = np.concatenate(
+                [np.isfinite(forc[:, known]).all(axis=1), np.zeros(pad, bool)]
+            )
             if spec.mode == "forecast":
                 x = np.concatenate([forc, np.where(q_seen, q, 0)[:, None], (~q_seen)[:, None]], 1)
             else:
@@ -799,6 +858,10 @@ class WindowData:
             bad = np.concatenate([[0], np.cumsum(~ok)])
             t = np.arange(L - 1, T)
             complete = (bad[t + 1] - bad[t + 1 - L]) == 0
+            if F:
+                # Future inputs: the known forcings of t+1..t+F must be present too.
+                bad_known = np.concatenate([[0], np.cumsum(~known_ok)])
+                complete &= (bad_known[t + 1 + F] - bad_known[t + 1]) == 0
             dates = b.start + np.arange(T + pad).astype("timedelta64[D]")
             if spec.mode == "forecast":
                 target_rows = t[:, None] + np.arange(1, spec.pred_len + 1)
@@ -843,7 +906,7 @@ class WindowData:
         )
         self.y_mask = torch.from_numpy(np.concatenate(masks)).to(self.device)  # [S, n_out]
         self.in_period = np.concatenate(periods)  # [S, n_out] bool: target day inside the period
-        self._window = torch.arange(-L + 1, 1, device=self.device)
+        self._window = torch.arange(-L + 1, 1 + F, device=self.device)
         if spec.mode == "forecast":
             self._targets = torch.arange(1, spec.pred_len + 1, device=self.device)
         else:
@@ -868,8 +931,9 @@ class WindowData:
         Returns
         -------
         dict
-            x ``[B, L, C]``, static ``[B, S]``, y ``[B, n_out]`` (scaled; 0 where unobserved),
-            y_mask ``[B, n_out]`` bool, basin ``[B]`` (index into ``self.basins``).
+            x ``[B, L, C]`` (``[B, L + P, C]`` with future inputs), static ``[B, S]``,
+            y ``[B, n_out]`` (scaled; 0 where unobserved), y_mask ``[B, n_out]`` bool,
+            basin ``[B]`` (index into ``self.basins``).
         """
         end = self.sample_end[idx]
         return {
@@ -925,7 +989,7 @@ class WindowData:
         return out
 
     def sample_dates(self) -> np.ndarray:
-        """Date of the last input day of each sample (``[S]`` datetime64[D])."""
+        """Issue day t of each sample, its last day of observed inputs (``[S]`` datetime64[D])."""
         end = self.sample_end.cpu().numpy()
         owner = self.sample_basin.cpu().numpy()
         return self.basin_start[owner] + (end - self.row_offset[owner]).astype("timedelta64[D]")

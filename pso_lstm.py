@@ -786,7 +786,12 @@ def run_basin(
     if note:
         log.warning(note)
     config["TRAIN_BASINS"] = config["VAL_BASINS"] = config["TEST_BASINS"] = [basin]
-    spec = replace(FeatureSpec.from_config(config), use_forcings=config["PSO_INPUTS"] != "q")
+    # PSO-LSTM reads the last day of its window: no future inputs.
+    spec = replace(
+        FeatureSpec.from_config(config),
+        use_forcings=config["PSO_INPUTS"] != "q",
+        future_inputs=(),
+    )
     scalers = Scalers.fit(data, spec, [basin], *period(config, "train"))
     settings = TrainSettings.from_config(config, device)
     setup = BasinSetup(basin, config, data, spec, scalers, device, settings)

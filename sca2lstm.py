@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from hydrologyDataset import (
+    HINDCAST_NOTE,
     FeatureSpec,
     InputData,
     Scalers,
@@ -49,11 +50,13 @@ from utils import (
     distributed_rank,
     fit,
     init_distributed,
+    lead_metrics_table,
     load_checkpoint,
     load_config,
     log,
     make_run_dir,
     output_root,
+    parse_horizon_weights,
     period,
     plot_channel_weights,
     plot_training_curve,
@@ -65,6 +68,7 @@ from utils import (
     seed_everything,
     setup_logging,
     write_csv,
+    write_json,
     write_yaml,
 )
 
@@ -105,6 +109,11 @@ class ModelArgs:
         ``forecast`` (predict the change from the last observed discharge) or ``simulate``.
     q_channel, q_flag_channel : int
         Channels of the lagged discharge and of its missing flag (-1 in simulate mode).
+    future_len : int
+        Lead days at the end of each window (PRED_LEN with FUTURE_INPUTS, else 0: windows end
+        on day t, as in checkpoints from before the key).
+    future_unknown : tuple of int
+        Forcing channels not known over the lead days; hidden there like discharge.
     """
 
     n_dynamic: int
@@ -117,6 +126,8 @@ class ModelArgs:
     mode: str = "forecast"
     q_channel: int = -1
     q_flag_channel: int = -1
+    future_len: int = 0
+    future_unknown: tuple[int, ...] = ()
 
     @classmethod
     def from_config(cls, config: dict, spec: FeatureSpec | None = None) -> ModelArgs:
@@ -134,6 +145,12 @@ class ModelArgs:
             mode=spec.mode,
             q_channel=len(channels) - 2 if forecast else -1,
             q_flag_channel=len(channels) - 1 if forecast else -1,
+            future_len=spec.future_len,
+            future_unknown=tuple(
+                i
+                for i, c in enumerate(spec.forcings)
+                if spec.future_len and c not in spec.future_inputs
+            ),
         )
 
 
@@ -183,12 +200,34 @@ class SCA2LSTM(CheckpointLoadable, nn.Module):
             nn.init.zeros_(self.head[1].bias)
 
     def channel_valid(self, x: torch.Tensor) -> torch.Tensor | None:
-        """``[B, L, C]`` bool: False for the lagged-discharge channel on unobserved days."""
+        """``[B, L, C]`` bool: False for the lagged-discharge channel on unobserved days (and
+        for the unknown forcings on the lead days)."""
         if self.args.q_flag_channel < 0:
             return None
         valid = torch.ones_like(x, dtype=torch.bool)
         valid[..., self.args.q_channel] = x[..., self.args.q_flag_channel] < 0.5
+        F = self.args.future_len
+        if F and self.args.future_unknown:
+            valid[:, -F:, list(self.args.future_unknown)] = False
         return valid
+
+    def hide_future(self, x: torch.Tensor) -> torch.Tensor:
+        """The window with what is unknown after day t replaced (future inputs only).
+
+        On the ``future_len`` lead days the lagged discharge becomes 0 and its missing flag 1
+        (unobserved, so the weight head masks it), and the forcings not in FUTURE_INPUTS
+        become 0 (masked too). Whatever the caller passes there, no discharge observed after
+        day t reaches the model.
+        """
+        F = self.args.future_len
+        if not F:
+            return x
+        x = x.clone()  # [B, L + F, C]
+        x[:, -F:, self.args.q_channel] = 0.0
+        x[:, -F:, self.args.q_flag_channel] = 1.0
+        if self.args.future_unknown:
+            x[:, -F:, list(self.args.future_unknown)] = 0.0
+        return x
 
     def _stage(self, lstm: nn.LSTM, inp: torch.Tensor) -> torch.Tensor:
         """Hidden states ``[B, L, H]`` of one LSTM stage, checkpointed when asked for."""
@@ -208,7 +247,8 @@ class SCA2LSTM(CheckpointLoadable, nn.Module):
         Parameters
         ----------
         x : torch.Tensor
-            ``[B, L, C]`` scaled inputs, days t-L+1..t.
+            ``[B, L, C]`` scaled inputs, days t-L+1..t; with future inputs ``[B, L + P, C]``,
+            days t-L+1..t+P (see :meth:`hide_future`).
         static : torch.Tensor
             ``[B, S]`` scaled static attributes.
         return_weights : bool
@@ -221,6 +261,7 @@ class SCA2LSTM(CheckpointLoadable, nn.Module):
         torch.Tensor
             ``[B, PRED_LEN]`` (forecast: Q at t+1..t+P) or ``[B, n_last]`` (simulate).
         """
+        x = self.hide_future(x)
         B, L, _ = x.shape
         emb = self.embedding(static)  # [B, E]
         emb_seq = emb[:, None, :].expand(B, L, emb.shape[-1])  # [B, L, E]
@@ -235,7 +276,12 @@ class SCA2LSTM(CheckpointLoadable, nn.Module):
             n_valid = valid.sum(dim=-1, keepdim=True)  # [B, L, 1]
             weights = torch.softmax(logits, dim=-1) * n_valid  # masked channels get 0
         h2 = self._stage(self.lstm2, torch.cat([x * weights, h1, emb_seq], dim=-1))  # [B, L, H]
-        if self.args.mode == "forecast":
+        F = self.args.future_len
+        if self.args.mode == "forecast" and F:
+            # Lead k is read on day t+k; each lead keeps its own row of the head.
+            delta = torch.diagonal(self.head(h2[:, -F:]), dim1=1, dim2=2)  # [B, F, P] -> [B, P]
+            out = x[:, -F - 1, self.args.q_channel, None] + delta  # [B, P], Q_t + change
+        elif self.args.mode == "forecast":
             delta = self.head(h2[:, -1])  # [B, P]
             out = x[:, -1, self.args.q_channel, None] + delta  # [B, P]
         else:
@@ -329,6 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=("forecast", "simulate"), help="MODE")
     parser.add_argument("--seq_len", type=positive_int, help="SEQ_LEN (days per input window)")
     parser.add_argument("--pred_len", type=positive_int, help="PRED_LEN (forecast lead days)")
+    parser.add_argument(
+        "--horizon_weights",
+        metavar="W1,W2,...",
+        help="HORIZON_WEIGHTS: PRED_LEN loss weights per lead day, e.g. "
+        '"1.5,1.5,1.2,1.0,1.0,0.9,0.9" (normalised to mean 1)',
+    )
     parser.add_argument("--train_basins", type=csv_list, help="TRAIN_BASINS, e.g. 32006,42003")
     parser.add_argument("--val_basins", type=csv_list, help="VAL_BASINS")
     parser.add_argument("--test_basins", type=csv_list, help="TEST_BASINS")
@@ -384,6 +436,9 @@ def resolve_pretrain_config(args: argparse.Namespace) -> dict:
         "GRADIENT_ACCUMULATION": args.accumulation_steps,
         "OUTPUT_DIR": args.output_dir,
         "MODEL_SIZE": args.model_size,
+        "HORIZON_WEIGHTS": (
+            parse_horizon_weights(args.horizon_weights) if args.horizon_weights else None
+        ),
     }
     if args.batch_size:
         flags["BATCH_SIZE"] = flags["BATCH_SIZE_GPU"] = args.batch_size
@@ -412,6 +467,23 @@ def _find_resume(config: dict, value: str) -> Path:
     if not (path / "last_model.pth").is_file():
         raise UserError(f"--resume {value}: no last_model.pth in that folder; give a run folder")
     return path
+
+
+def log_future_inputs(spec: FeatureSpec) -> None:
+    """Say which channels are known over the lead days, and what that means for the scores."""
+    if spec.mode != "forecast":
+        return
+    c = spec.feature_classification()
+    if not spec.future_inputs:
+        log.info("future inputs: none (FUTURE_INPUTS []); windows end on the forecast day t")
+        return
+    log.info(
+        "future inputs over t+1..t+%d: known %s; unknown %s",
+        spec.pred_len,
+        ", ".join(c["knowable_future_features"]),
+        ", ".join(c["unknowable_future_features"]),
+    )
+    log.info(HINDCAST_NOTE)
 
 
 def channel_weight_table(model: SCA2LSTM, windows: WindowData, data: InputData, batch_size: int):
@@ -498,13 +570,13 @@ def pretrain(
         activation_memory_estimate(
             model.args,
             batch,
-            spec.seq_len,
+            spec.window_len,
             2 if settings.mixed_precision else 4,
             settings.gradient_checkpointing,
         )
         / 2**20,
         batch,
-        spec.seq_len,
+        spec.window_len,
         precision,
         "on" if settings.gradient_checkpointing else "off",
         "; a CPU's oneDNN LSTM kernel keeps about 2.5x more" if device.type == "cpu" else "",
@@ -518,6 +590,9 @@ def pretrain(
     )
     if data.synthetic:
         log.warning("training on SYNTHETIC demo data: scores say nothing about real catchments")
+    log_future_inputs(spec)
+    if distributed_rank()[0] == 0:
+        write_json(run_dir / "feature_classification.json", spec.feature_classification())
 
     resume_state = None
     if resume_dir is not None:
@@ -597,6 +672,9 @@ def pretrain(
     if data.synthetic:
         metrics.insert(0, "data", "SYNTHETIC")
     write_csv(run_dir / "metrics_test_period.csv", metrics)
+    if spec.mode == "forecast":
+        by_lead = lead_metrics_table(test, pred, data, group_of)
+        write_csv(run_dir / "metrics_by_lead_test_period.csv", by_lead)
     weights = channel_weight_table(model, test, data, max(1024, settings.batch_size))
     write_csv(run_dir / "channel_weights.csv", weights)
     plot_channel_weights(
@@ -692,8 +770,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     resume_dir = _find_resume(config, args.resume) if args.resume else None
     if resume_dir is not None:
         saved = load_checkpoint(resume_dir / "last_model.pth")["config"]
-        # Keys added to run.config after that run take their current values.
-        config = {**config, **saved, "N_EPOCHS": config["N_EPOCHS"]}
+        # Keys added to run.config after that run take their current values, except
+        # FUTURE_INPUTS: a run from before it had none.
+        config = {**config, "FUTURE_INPUTS": [], **saved, "N_EPOCHS": config["N_EPOCHS"]}
     # Everything is checked before the run folder exists, so bad input leaves nothing behind.
     load_input_data(
         config,

@@ -67,6 +67,7 @@ SCHEMA: dict[str, type | tuple[type, ...]] = {
     "OUTPUT_DIR": str,
     "MODE": str,
     "DYNAMIC_INPUTS": list,
+    "FUTURE_INPUTS": (list, type(None)),
     "TARGET": str,
     "STATIC_ATTRIBUTES": list,
     "STATIC_CLAMP": (float, type(None)),
@@ -86,6 +87,7 @@ SCHEMA: dict[str, type | tuple[type, ...]] = {
     "EMBEDDING_DIM": int,
     "NUM_LAYERS": int,
     "PREDICT_LAST_N": int,
+    "HORIZON_WEIGHTS": (list, type(None)),
     "MODEL_SIZE": (str, type(None)),
     "MODEL_SIZES": dict,
     "SEED": int,
@@ -177,8 +179,12 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         value = str(value)  # --set CUDA_VISIBLE_DEVICES=0 reads as an int
     if key in BASIN_KEYS and isinstance(value, list):
         value = [str(v) for v in value]
-    if key in ("DYNAMIC_INPUTS", "STATIC_ATTRIBUTES") and isinstance(value, str):
+    if key in ("DYNAMIC_INPUTS", "STATIC_ATTRIBUTES", "FUTURE_INPUTS") and isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
+    if key == "HORIZON_WEIGHTS" and isinstance(value, str):
+        value = parse_horizon_weights(value)
+    if key == "HORIZON_WEIGHTS" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [float(value)]  # --set HORIZON_WEIGHTS=1.0 with PRED_LEN 1
     if key in BASIN_KEYS and isinstance(value, (str, int)):
         value = [v.strip() for v in str(value).split(",") if v.strip()]
     if isinstance(value, bool) and bool not in types:
@@ -391,6 +397,8 @@ def validate_config(config: dict[str, Any]) -> None:
     for key in ("DYNAMIC_INPUTS", "STATIC_ATTRIBUTES"):
         if not all(isinstance(v, str) for v in config[key]) or not config[key]:
             raise UserError(f"{key} must be a non-empty list of column names")
+    _check_future_inputs(config)
+    check_horizon_weights(config["HORIZON_WEIGHTS"], config)
     bounds = config["PSO_BOUNDS"]
     unknown = set(bounds) - set(PSO_DIMENSIONS)
     if unknown:
@@ -406,6 +414,80 @@ def validate_config(config: dict[str, Any]) -> None:
             raise UserError(f"PSO_BOUNDS.{dim} must hold two numbers, got {pair!r}") from None
         if lo > hi:
             raise UserError(f"PSO_BOUNDS.{dim}: lower bound {lo} is above upper bound {hi}")
+
+
+def _check_future_inputs(config: dict[str, Any]) -> None:
+    """FUTURE_INPUTS: null (all DYNAMIC_INPUTS), [] or some DYNAMIC_INPUTS; never discharge."""
+    value = config["FUTURE_INPUTS"]
+    if value is None:
+        value = config["DYNAMIC_INPUTS"]
+    if not all(isinstance(v, str) for v in value):
+        raise UserError(f"FUTURE_INPUTS must be a list of column names, got {value!r}")
+    leaky = [v for v in value if "discharge" in v or v == config["TARGET"]]
+    if leaky:
+        raise UserError(
+            f"FUTURE_INPUTS holds {', '.join(leaky)}: discharge and its missing flag are never "
+            "known past the forecast day; list forcings only (or [] for none)"
+        )
+    unknown = [v for v in value if v not in config["DYNAMIC_INPUTS"]]
+    if unknown:
+        raise UserError(
+            f"FUTURE_INPUTS holds {', '.join(unknown)}, which is not in DYNAMIC_INPUTS "
+            f"({', '.join(config['DYNAMIC_INPUTS'])}); list dynamic inputs only"
+        )
+    if len(set(value)) != len(value):
+        raise UserError(f"FUTURE_INPUTS lists a channel twice: {value!r}")
+
+
+def parse_horizon_weights(text: str) -> list[float]:
+    """``--horizon_weights "1.5,1.5,1.2"`` as a list of floats ('null' or '' for uniform: [])."""
+    items = [t.strip() for t in str(text).replace(" ", ",").split(",") if t.strip()]
+    values = []
+    for item in items:
+        try:
+            values.append(float(item))
+        except ValueError:
+            raise UserError(
+                f"--horizon_weights / HORIZON_WEIGHTS: {item!r} is not a number; give PRED_LEN "
+                'comma-separated numbers, e.g. "1.5,1.2,1.0"'
+            ) from None
+    return values
+
+
+def check_horizon_weights(weights: list | None, config: dict[str, Any]) -> None:
+    """HORIZON_WEIGHTS: null, or PRED_LEN finite numbers >= 0, not all 0 (forecast mode).
+
+    Raises
+    ------
+    UserError
+        A wrong count, a negative, non-numeric or non-finite value, or weights in simulate mode.
+    """
+    if weights is None:
+        return
+    where = "HORIZON_WEIGHTS (--horizon_weights)"
+    if config["MODE"] != "forecast":
+        raise UserError(f"{where} weights the forecast lead days; simulate mode takes null")
+    bad = [w for w in weights if isinstance(w, bool) or not isinstance(w, (int, float))]
+    if bad:
+        raise UserError(f"{where} holds {bad[0]!r}, which is not a number")
+    if len(weights) != config["PRED_LEN"]:
+        raise UserError(
+            f"{where} has {len(weights)} value(s) but PRED_LEN is {config['PRED_LEN']}: give one "
+            "weight per lead day, or null for uniform weights"
+        )
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or not sum(weights) > 0:
+        raise UserError(
+            f"{where} must hold finite values >= 0 (not all 0), got {list(weights)}; they are "
+            "normalised to mean 1"
+        )
+
+
+def normalised_horizon_weights(weights: list | None) -> tuple[float, ...] | None:
+    """HORIZON_WEIGHTS scaled to mean 1 (None stays None: uniform)."""
+    if weights is None:
+        return None
+    mean = sum(weights) / len(weights)
+    return tuple(float(w) / mean for w in weights)
 
 
 def period(config: dict, name: str) -> tuple[np.datetime64, np.datetime64]:
@@ -742,6 +824,7 @@ def checkpoint_payload(
         "scalers": scalers.to_dict(),
         "features": spec.to_dict(),
         "channels": list(spec.channels),
+        "feature_classification": spec.feature_classification(),
         "basins": {k: list(config[k]) for k in ("TRAIN_BASINS", "VAL_BASINS", "TEST_BASINS")},
         "stage": stage,
         "epoch": int(epoch),
@@ -962,6 +1045,53 @@ def persistence_scores(obs, sim, prev) -> dict[str, float]:
     return {"persistence_nse": nse(o, p), "skill_vs_persistence": skill}
 
 
+def persistence_forecast(series: dict, basin_data, target: str) -> np.ndarray:
+    """The persistence forecast of each target of ``series``: Q(d - lead), the last observation
+    when the forecast was issued (NaN where that day is unobserved or before the data).
+
+    Parameters
+    ----------
+    series : dict
+        One basin of :func:`series_by_basin` (``date`` and ``lead`` arrays).
+    basin_data : hydrologyDataset.BasinData
+        The basin's series.
+    target : str
+        The discharge column.
+    """
+    offset = (series["date"] - basin_data.start).astype(int) - series["lead"]
+    full = basin_data.column(target).astype(np.float64)
+    return np.where(offset >= 0, full[offset.clip(0)], np.nan)
+
+
+def lead_metrics_table(windows, pred: np.ndarray, data, group: dict):
+    """Forecast scores per basin and lead day (physical units) as a DataFrame.
+
+    Columns: basin, gauge_name, group, lead, n_scored, nse, kge, rmse, bias_pct, persistence_nse
+    and skill_vs_persistence, from :func:`compute_metrics` and :func:`persistence_scores` on the
+    targets of that lead.
+    """
+    import pandas as pd
+
+    rows = []
+    target = windows.spec.target
+    for basin, s in series_by_basin(windows, pred).items():
+        b = data.basins[basin]
+        prev = persistence_forecast(s, b, target)
+        for lead in range(1, windows.spec.pred_len + 1):
+            sel = s["lead"] == lead
+            scores = compute_metrics(s["obs"][sel], s["sim"][sel])
+            row = {
+                "basin": basin,
+                "gauge_name": b.name,
+                "group": group.get(basin, ""),
+                "lead": lead,
+            }
+            row.update({k: scores[k] for k in ("n_scored", "nse", "kge", "rmse", "bias_pct")})
+            row.update(persistence_scores(s["obs"][sel], s["sim"][sel], prev[sel]))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def basin_metrics_table(windows, pred: np.ndarray, data, group: dict):
     """Per-basin scores (physical units) as a DataFrame.
 
@@ -979,11 +1109,8 @@ def basin_metrics_table(windows, pred: np.ndarray, data, group: dict):
         row["rmse_m3s"] = compute_metrics(q_obs, q_sim)["rmse"]
         row["mae_m3s"] = compute_metrics(q_obs, q_sim)["mae"]
         if windows.spec.mode == "forecast":
-            # Persistence on the same scored targets: Q(d) predicted by Q(d - lead), the last
-            # observation when the forecast was issued.
-            offset = (s["date"] - b.start).astype(int) - s["lead"]
-            full = b.column(windows.spec.target).astype(np.float64)
-            prev = np.where(offset >= 0, full[offset.clip(0)], np.nan)
+            # Persistence on the same scored targets: Q(d) predicted by Q(d - lead).
+            prev = persistence_forecast(s, b, windows.spec.target)
             row.update(persistence_scores(s["obs"], s["sim"], prev))
         rows.append(row)
     return pd.DataFrame(rows)
@@ -1018,6 +1145,8 @@ class TrainSettings:
     persistent_workers: bool = False
     gradient_checkpointing: bool = False
     ema_decay: float | None = None
+    # HORIZON_WEIGHTS normalised to mean 1; None: every lead day weighs the same.
+    horizon_weights: tuple[float, ...] | None = None
 
     @classmethod
     def from_config(cls, config: dict, device) -> TrainSettings:
@@ -1052,10 +1181,11 @@ class TrainSettings:
             persistent_workers=config["PERSISTENT_WORKERS"],
             gradient_checkpointing=config["GRADIENT_CHECKPOINTING"],
             ema_decay=config["EMA_DECAY"],
+            horizon_weights=normalised_horizon_weights(config.get("HORIZON_WEIGHTS")),
         )
 
 
-def nse_star_loss(pred, y, mask, basin_std):
+def nse_star_loss(pred, y, mask, basin_std, lead_weight=None):
     """NSE* loss of Kratzert et al. (2019, HESS 23, 5089): squared error weighted by 1/(σ_b+0.1)².
 
     Parameters
@@ -1066,9 +1196,14 @@ def nse_star_loss(pred, y, mask, basin_std):
         ``[B, n_out]`` bool, True where the target is observed.
     basin_std : torch.Tensor
         ``[B]`` training-period standard deviation of each sample's basin (scaled units).
+    lead_weight : torch.Tensor, optional
+        ``[n_out]`` weight of each lead day's squared errors (HORIZON_WEIGHTS, mean 1); the
+        normalisation by the number of observed targets is unchanged. None: all weigh 1.
     """
     weight = 1.0 / (basin_std[:, None] + 0.1) ** 2  # [B, 1]
     err = (pred.float() - y) ** 2 * weight  # [B, n_out]
+    if lead_weight is not None:
+        err = err * lead_weight[None, :]  # [B, n_out]
     n = mask.sum()
     return (err * mask).sum() / n.clamp(min=1)
 
@@ -1145,7 +1280,7 @@ def predict_windows(model, windows, batch_size: int = 1024, return_weights: bool
     -------
     numpy.ndarray
         ``[S, n_out]`` predictions in scaled units; with ``return_weights`` also the channel
-        weights ``[S, L, C]`` (float32).
+        weights ``[S, L, C]`` (float32; L + PRED_LEN days with future inputs).
     """
     import torch
 
@@ -1164,7 +1299,7 @@ def predict_windows(model, windows, batch_size: int = 1024, return_weights: bool
     n_out = windows.spec.n_out
     pred = np.concatenate(preds) if preds else np.zeros((0, n_out), np.float32)
     if return_weights:
-        shape = (0, windows.spec.seq_len, len(windows.spec.channels))
+        shape = (0, windows.spec.window_len, len(windows.spec.channels))
         return pred, (np.concatenate(weights) if weights else np.zeros(shape, np.float32))
     return pred
 
@@ -1301,6 +1436,13 @@ def fit(
     eval_model = ema.module if ema is not None else model
     generator = torch.Generator().manual_seed(settings.seed)
     basin_std = train.basin_target_std()
+    lead_weight = None
+    if settings.horizon_weights is not None:
+        lead_weight = torch.tensor(settings.horizon_weights, dtype=torch.float32, device=device)
+        log.info(
+            "loss weights per lead day (HORIZON_WEIGHTS, mean 1): %s",
+            ", ".join(f"{w:.3f}" for w in settings.horizon_weights),
+        )
     history: list[dict] = []
     best_state = copy.deepcopy(model.state_dict())
     best_score, best_epoch, bad_epochs, first_epoch = -math.inf, 0, 0, 1
@@ -1370,7 +1512,9 @@ def fit(
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with _autocast(device, settings.mixed_precision):
                 pred = step_model(batch["x"], batch["static"], n_last=batch["y"].shape[1])
-                loss = nse_star_loss(pred, batch["y"], batch["y_mask"], basin_std[batch["basin"]])
+                loss = nse_star_loss(
+                    pred, batch["y"], batch["y_mask"], basin_std[batch["basin"]], lead_weight
+                )
             if device.type != "cuda" and not torch.isfinite(loss):
                 raise RuntimeError(f"the training loss became {loss.item()} in epoch {epoch}")
             scaler.scale(loss / settings.accumulation).backward()
@@ -1408,9 +1552,9 @@ def fit(
             pred_t = torch.from_numpy(pred).to(val.device)
             y = val.y[val.sample_end[:, None] + val._targets]
             with torch.no_grad():
-                record["val_loss"] = float(
-                    nse_star_loss(pred_t, y, val.y_mask, val.basin_target_std()[val.sample_basin])
-                )
+                val_std = val.basin_target_std()[val.sample_basin]
+                lead_w = None if lead_weight is None else lead_weight.to(val.device)
+                record["val_loss"] = float(nse_star_loss(pred_t, y, val.y_mask, val_std, lead_w))
             record["val_nse"] = median_nse(val, pred)
             score = record["val_nse"] if math.isfinite(record["val_nse"]) else -math.inf
         else:
