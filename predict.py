@@ -21,11 +21,17 @@ temporary folder and renamed at the end, so a failed run leaves no folder behind
 - ``metrics.csv`` (one row per model and basin) and ``metrics.json`` (the same, plus the run's
   settings and notes): NSE, KGE with r/alpha/beta, RMSE and MAE in mm/day and m³/s, R², bias %,
   the number of scored days; in forecast mode also persistence NSE and the skill over it.
+- Forecast models: ``metrics_by_lead.csv`` (model, basin, lead: NSE, KGE, RMSE, bias %,
+  persistence NSE, skill over persistence, number of scored days) and ``skill_by_lead.png``.
+- ``operational_forecast.csv``, where the range reaches past the last observed discharge: the
+  PRED_LEN days ahead of the newest data (issue date, lead, date, simulated flow), unscored.
 - ``config.yaml`` (resolved config) and ``predict.log``.
-- Per basin (first model, lead 1 in forecast mode): ``hydrograph_<id>.png``, ``scatter_<id>.png``,
-  ``residuals_<id>.png``, ``fdc_<id>.png``; with ``--compare`` also ``compare_hydrograph_<id>.png``.
-- ``--export_weights`` (SCA2LSTM): ``channel_weights_daily.csv`` (date = last input day of the
-  window, basin, step 0..L-1 with L-1 that day, channel, weight), ``channel_weights_mean.csv``,
+- Per basin (first model, lead ``--lead``, default 1, in forecast mode): ``hydrograph_<id>.png``,
+  ``scatter_<id>.png``, ``residuals_<id>.png``, ``fdc_<id>.png``; with ``--compare`` also
+  ``compare_hydrograph_<id>.png``, ``model_comparison.png`` and ``error_distribution.png``.
+- ``--export_weights`` (SCA2LSTM): ``channel_weights_daily.csv`` (date = issue day t of the
+  window, basin, step 0..L-1 with L-1 that day, then L..L+P-1 the lead days with future inputs,
+  channel, weight), ``channel_weights_mean.csv``,
   ``channel_weights_season.csv`` (DJF/MAM/JJA/SON) and ``channel_weights.png``. The weights show
   what the model uses, not causal importance.
 """
@@ -50,6 +56,7 @@ import pandas as pd
 import torch
 
 from hydrologyDataset import (
+    HINDCAST_NOTE,
     FeatureSpec,
     InputData,
     Scalers,
@@ -65,6 +72,7 @@ from utils import (
     basin_metrics_table,
     close_log_files,
     csv_list,
+    lead_metrics_table,
     load_checkpoint,
     load_config,
     log,
@@ -72,6 +80,7 @@ from utils import (
     mm_per_day_to_m3s,
     output_root,
     plot_channel_weights,
+    positive_int,
     predict_windows,
     progress,
     resolve_device,
@@ -95,6 +104,10 @@ METRIC_COLUMNS = (
     "model", "basin", "gauge_name", "group", "n_scored", "nse", "kge", "kge_r", "kge_alpha",
     "kge_beta", "rmse_mm_day", "mae_mm_day", "rmse_m3s", "mae_m3s", "r2", "bias_pct",
     "persistence_nse", "skill_vs_persistence", "checkpoint",
+)  # fmt: skip
+LEAD_COLUMNS = (
+    "model", "basin", "gauge_name", "group", "lead", "n_scored", "nse", "kge", "rmse_mm_day",
+    "bias_pct", "persistence_nse", "skill_vs_persistence",
 )  # fmt: skip
 
 
@@ -220,6 +233,8 @@ def _labels(models: list[LoadedModel]) -> list[str]:
     """Short unique names: class, stage, mode and window length (+ run folder when needed)."""
     labels = [
         f"{m.model_class}_{m.ckpt.get('stage', 'model')}_{m.spec.mode}_L{m.spec.seq_len}"
+        + (f"_P{m.spec.pred_len}" if m.spec.mode == "forecast" and m.spec.pred_len > 1 else "")
+        + ("_future" if m.spec.future_inputs else "")
         for m in models
     ]
     dup = {lab for lab in labels if labels.count(lab) > 1}
@@ -295,6 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="CKPT",
         help="more checkpoints (each a path or a quoted glob) run on the same basins and days",
+    )
+    parser.add_argument(
+        "--lead",
+        type=positive_int,
+        metavar="K",
+        help="forecast lead day (1..PRED_LEN) shown in the hydrograph, scatter, residual and FDC "
+        "plots and the --compare charts (default 1)",
     )
     parser.add_argument("--log_scale", action="store_true", help="log axes on the scatter plot")
     parser.add_argument("--demo", action="store_true", help="use the synthetic demo dataset")
@@ -374,6 +396,8 @@ class ModelRun:
     windows: WindowData
     series: dict[str, dict[str, np.ndarray]]
     metrics: pd.DataFrame
+    pred: np.ndarray | None = None  # [S, n_out] scaled
+    by_lead: pd.DataFrame | None = None  # forecast: metrics per basin and lead day
 
 
 def build_windows(
@@ -407,10 +431,17 @@ def build_windows(
         spans = ", ".join(f"{b}: {data.basins[b].start}..{data.basins[b].end}" for b in empty)
         raise UserError(
             f"no day of {start}..{end} has a full input window ({lm.spec.seq_len} days of complete "
-            f"inputs) for basin(s) {', '.join(empty)} ({spans}); choose a range inside the data "
-            "that starts at least one window length after its first day"
+            f"inputs{future_need(lm.spec)}) for basin(s) {', '.join(empty)} ({spans}); choose a "
+            "range inside the data that starts at least one window length after its first day"
         )
     return windows
+
+
+def future_need(spec: FeatureSpec) -> str:
+    """What a window needs past day t (for messages): the known forcings of the lead days."""
+    if not spec.future_inputs:
+        return ""
+    return f", plus {', '.join(spec.future_inputs)} on the {spec.pred_len} lead days"
 
 
 def run_model(
@@ -434,11 +465,64 @@ def run_model(
         metrics = basin_metrics_table(
             windows, pred, data, {b: groups.get(b, "unseen") for b in basins}
         )
+        by_lead = None
+        if lm.spec.mode == "forecast":
+            by_lead = lead_metrics_table(
+                windows, pred, data, {b: groups.get(b, "unseen") for b in basins}
+            )
+            by_lead = by_lead.rename(columns={"rmse": "rmse_mm_day"})
+            by_lead.insert(0, "model", lm.label)
+            by_lead = by_lead.reindex(columns=list(LEAD_COLUMNS))
     metrics = metrics.rename(columns={"rmse": "rmse_mm_day", "mae": "mae_mm_day"})
     metrics.insert(0, "model", lm.label)
     metrics["checkpoint"] = str(lm.path)
     metrics = metrics.reindex(columns=list(METRIC_COLUMNS))
-    return ModelRun(lm, windows, series, metrics)
+    return ModelRun(lm, windows, series, metrics, pred, by_lead)
+
+
+def operational_forecast(run: ModelRun, data: InputData) -> pd.DataFrame:
+    """The forecast issued on the newest day of each basin, where it reaches past the last
+    observed discharge: PRED_LEN lead days, unscored (operational use).
+
+    Returns
+    -------
+    pandas.DataFrame
+        model, basin, issue_date, last_observation, lead, date, sim_mm_day, sim_m3s; empty when
+        every newest forecast falls on observed days, or for simulate-mode models.
+    """
+    spec, windows = run.loaded.spec, run.windows
+    if spec.mode != "forecast" or not len(windows):
+        return pd.DataFrame()
+    owner = windows.sample_basin.cpu().numpy()
+    ends = windows.sample_end.cpu().numpy()
+    issue, targets = windows.sample_dates(), windows.target_dates()
+    frames = []
+    for k, basin in enumerate(windows.basins):
+        rows = np.flatnonzero(owner == k)
+        if not rows.size:
+            continue
+        i = rows[np.argmax(ends[rows])]  # the newest window of this basin
+        b = data.basins[basin]
+        seen = np.flatnonzero(np.isfinite(b.column(spec.target)))
+        last_obs = b.start + np.timedelta64(int(seen[-1]), "D") if seen.size else None
+        if last_obs is not None and targets[i, -1] <= last_obs:
+            continue
+        sim = windows.scalers.unscale_target(run.pred[i].astype(np.float64))  # [P] mm/day
+        frames.append(
+            pd.DataFrame(
+                {
+                    "model": run.loaded.label,
+                    "basin": basin,
+                    "issue_date": str(issue[i]),
+                    "last_observation": str(last_obs) if last_obs is not None else "",
+                    "lead": np.arange(1, spec.pred_len + 1),
+                    "date": np.datetime_as_string(targets[i], unit="D"),
+                    "sim_mm_day": sim,
+                    "sim_m3s": mm_per_day_to_m3s(sim, b.area),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def predictions_frame(run: ModelRun, data: InputData) -> pd.DataFrame:
@@ -508,7 +592,7 @@ def export_channel_weights(
         Mean weight per basin (columns basin, gauge_name, one per channel).
     """
     channels = list(windows.spec.channels)
-    L, C = windows.spec.seq_len, len(channels)
+    L, C = windows.spec.window_len, len(channels)
     owner = windows.sample_basin.cpu().numpy()
     dates = windows.sample_dates()  # [S] last input day of each window
     months = (dates.astype("datetime64[M]").astype(int) % 12) + 1
@@ -602,11 +686,23 @@ def _score_line(row: pd.Series) -> str:
     return line
 
 
-def _first_lead(s: dict) -> dict:
-    """The targets of the shortest lead (forecast lead 1; simulate: all), sorted by date."""
-    sel = s["lead"] == s["lead"].min()
+def _lead_series(s: dict, lead: int) -> dict:
+    """The targets of forecast lead ``lead`` (simulate: all, lead 0), sorted by date."""
+    sel = s["lead"] == (lead if s["lead"].size and s["lead"].max() > 0 else 0)
     order = np.argsort(s["date"][sel], kind="stable")
     return {k: v[sel][order] for k, v in s.items()}
+
+
+def _row_at_lead(run: ModelRun, basin: str, lead: int) -> pd.Series:
+    """The basin's scores at ``lead`` (forecast) or over all days (simulate)."""
+    if run.by_lead is None:
+        return run.metrics.set_index("basin").loc[basin]
+    rows = run.by_lead[(run.by_lead["basin"] == basin) & (run.by_lead["lead"] == lead)]
+    return rows.iloc[0]
+
+
+def _what(run: ModelRun, lead: int) -> str:
+    return f"lead {lead} day{'s' if lead > 1 else ''}" if run.by_lead is not None else "simulation"
 
 
 def _date_axis(ax) -> None:
@@ -625,8 +721,13 @@ def plot_hydrograph(
     sims: dict[str, dict],
     title: str,
     target: str,
+    forecast: pd.DataFrame | None = None,
 ) -> None:
-    """Observed and simulated discharge, with daily precipitation as inverted bars above."""
+    """Observed and simulated discharge, with daily precipitation as inverted bars above.
+
+    ``forecast`` (rows of :func:`operational_forecast` for this basin) is drawn apart and
+    labelled: the PRED_LEN days ahead of the newest data, without observations.
+    """
     plt = _pyplot()
     b = basin_data
     dates = b.dates()
@@ -647,6 +748,17 @@ def plot_hydrograph(
     last = b.start + np.timedelta64(int(seen[-1]), "D") if seen.size else None
     if last is not None and start <= last < end:
         ax_q.axvline(last.astype("datetime64[ns]"), color="grey", ls=":", label="last observation")
+    if forecast is not None and len(forecast):
+        issued = forecast["issue_date"].iloc[0]
+        ax_q.plot(
+            pd.to_datetime(forecast["date"]).to_numpy(),
+            forecast["sim_mm_day"].to_numpy(),
+            "o--",
+            ms=3,
+            lw=1.2,
+            color="tab:red",
+            label=f"forecast issued {issued}, leads 1-{len(forecast)} (no observations, unscored)",
+        )
     ax_q.set_ylabel("discharge (mm/day)")
     if np.isfinite(b.area) and b.area > 0:
         factor = b.area * 1000.0 / 86400.0
@@ -750,17 +862,24 @@ def write_plots(
     out_dir: Path,
     log_scale: bool,
     tag: str,
+    lead: int = 1,
+    forecast: pd.DataFrame | None = None,
 ) -> None:
-    """The four plots per basin for the first model, and overlaid hydrographs for --compare."""
+    """The four plots per basin for the first model (at ``lead``), overlaid hydrographs for
+    --compare; ``forecast``: the first model's operational forecast, drawn on its hydrograph."""
     main_run = runs[0]
     target = main_run.loaded.spec.target
     for basin in progress(main_run.windows.basins, desc="plots", unit="basin"):
         b = data.basins[basin]
         head = f"{basin} {b.name}{tag}"
-        s = _first_lead(main_run.series[basin])
-        row = main_run.metrics.set_index("basin").loc[basin]
-        lead = "lead 1 day" if main_run.loaded.spec.mode == "forecast" else "simulation"
-        title = f"{head}\n{main_run.loaded.label} ({lead}): {_score_line(row)}"
+        s = _lead_series(main_run.series[basin], lead)
+        row = _row_at_lead(main_run, basin, lead)
+        title = f"{head}\n{main_run.loaded.label} ({_what(main_run, lead)}): {_score_line(row)}"
+        own = None
+        if forecast is not None and len(forecast):
+            own = forecast[
+                (forecast["basin"] == basin) & (forecast["model"] == main_run.loaded.label)
+            ]
         plot_hydrograph(
             out_dir / f"hydrograph_{basin}.png",
             b,
@@ -769,6 +888,7 @@ def write_plots(
             {main_run.loaded.label: s},
             title,
             target,
+            own,
         )
         if int(row["n_scored"]) > 0:
             plot_scatter(out_dir / f"scatter_{basin}.png", s, title, log_scale)
@@ -781,9 +901,9 @@ def write_plots(
         if len(runs) > 1:
             sims, lines = {}, [head]
             for run in runs:
-                sims[run.loaded.label] = _first_lead(run.series[basin])
-                r = run.metrics.set_index("basin").loc[basin]
-                lines.append(f"{run.loaded.label}: {_score_line(r)}")
+                sims[run.loaded.label] = _lead_series(run.series[basin], lead)
+                r = _row_at_lead(run, basin, lead)
+                lines.append(f"{run.loaded.label} ({_what(run, lead)}): {_score_line(r)}")
             plot_hydrograph(
                 out_dir / f"compare_hydrograph_{basin}.png",
                 b,
@@ -795,7 +915,194 @@ def write_plots(
             )
 
 
+def plot_skill_by_lead(path: Path, by_lead: pd.DataFrame, title: str) -> None:
+    """NSE against lead day, each forecast model next to persistence.
+
+    Up to six basins: one line per basin (model solid, persistence dashed, same colour). More:
+    the median over basins with the range (min to max) shaded.
+    """
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    models = list(dict.fromkeys(by_lead["model"]))
+    basins = list(dict.fromkeys(by_lead["basin"]))
+    fig, axes = plt.subplots(
+        1, len(models), figsize=(6.5 * len(models), 4.5), squeeze=False, sharey=True
+    )
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, model in zip(axes[0], models, strict=True):
+        rows = by_lead[by_lead["model"] == model]
+        if len(basins) <= 6:
+            for k, basin in enumerate(basins):
+                r = rows[rows["basin"] == basin].sort_values("lead")
+                colour = colours[k % len(colours)]
+                ax.plot(r["lead"], r["nse"], "o-", color=colour, label=f"{basin} model")
+                ax.plot(
+                    r["lead"], r["persistence_nse"], "s--", color=colour, alpha=0.6,
+                    label=f"{basin} persistence",
+                )  # fmt: skip
+        else:
+            for column, style, colour, name in (
+                ("nse", "o-", "tab:blue", "model"),
+                ("persistence_nse", "s--", "grey", "persistence"),
+            ):
+                stats = rows.groupby("lead")[column].agg(["median", "min", "max"])
+                ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.2)
+                ax.plot(
+                    stats.index, stats["median"], style, color=colour,
+                    label=f"{name}: median, range of {len(basins)} basins",
+                )  # fmt: skip
+        ax.set_xlabel("lead (days)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("NSE (-)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        ax.set_title(model, fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def _compare_table(runs: list[ModelRun], lead: int) -> pd.DataFrame:
+    """Scores per model and basin at ``lead`` (simulate models: all days), for the charts."""
+    rows = []
+    for run in runs:
+        for basin in run.windows.basins:
+            r = _row_at_lead(run, basin, lead)
+            rows.append(
+                {
+                    "model": run.loaded.label,
+                    "basin": basin,
+                    "nse": r["nse"],
+                    "kge": r["kge"],
+                    "rmse_mm_day": r["rmse_mm_day"],
+                    "bias_pct": r["bias_pct"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def plot_model_comparison(path: Path, runs: list[ModelRun], lead: int, title: str) -> None:
+    """One panel per metric (NSE, KGE, RMSE, bias %): bars per basin, one per model."""
+    plt = _pyplot()
+    table = _compare_table(runs, lead)
+    models = list(dict.fromkeys(table["model"]))
+    basins = list(dict.fromkeys(table["basin"]))
+    metrics = (
+        ("nse", "NSE (-)"), ("kge", "KGE (-)"), ("rmse_mm_day", "RMSE (mm/day)"),
+        ("bias_pct", "bias (%)"),
+    )  # fmt: skip
+    fig, axes = plt.subplots(2, 2, figsize=(max(9, 1.2 * len(basins) * len(models)), 7.5))
+    width = 0.8 / len(models)
+    x = np.arange(len(basins))
+    for ax, (column, label) in zip(axes.ravel(), metrics, strict=True):
+        for j, model in enumerate(models):
+            values = table[table["model"] == model].set_index("basin").reindex(basins)[column]
+            ax.bar(x + (j - (len(models) - 1) / 2) * width, values, width, label=model)
+        ax.set_xticks(x, basins, rotation=45, ha="right")
+        ax.set_xlabel("basin")
+        ax.set_ylabel(label)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_error_distribution(path: Path, runs: list[ModelRun], lead: int, title: str) -> None:
+    """Errors (simulated − observed, mm/day) per model: box plots and histograms, all basins."""
+    plt = _pyplot()
+    errors = {}
+    for run in runs:
+        parts = []
+        for basin in run.windows.basins:
+            s = _lead_series(run.series[basin], lead)
+            ok = np.isfinite(s["obs"]) & np.isfinite(s["sim"])
+            parts.append(s["sim"][ok] - s["obs"][ok])
+        errors[f"{run.loaded.label} ({_what(run, lead)})"] = np.concatenate(parts)
+    fig, (ax_b, ax_h) = plt.subplots(1, 2, figsize=(12, 4.5))
+    labels = list(errors)
+    ax_b.boxplot([errors[k] for k in labels], showfliers=False)
+    ax_b.set_xticks(range(1, len(labels) + 1), [k[:40] for k in labels], rotation=20, ha="right")
+    ax_b.axhline(0, color="black", lw=0.6)
+    ax_b.set_ylabel("simulated − observed (mm/day)")
+    ax_b.set_xlabel("model (whiskers 1.5 IQR, outliers not drawn)")
+    values = np.concatenate(list(errors.values()))
+    lo, hi = np.percentile(values, [0.5, 99.5]) if values.size else (-1.0, 1.0)
+    bins = np.linspace(lo, hi, 60) if hi > lo else 30
+    for label, err in errors.items():
+        ax_h.hist(err, bins=bins, density=True, histtype="step", lw=1.2, label=f"{label[:40]}")
+    ax_h.axvline(0, color="black", lw=0.6)
+    ax_h.set_xlabel("simulated − observed (mm/day), central 99 %")
+    ax_h.set_ylabel("density (1/(mm/day))")
+    ax_h.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)
+
+
 # --------------------------------------------------------------------------- main
+
+
+def check_lead(lead: int | None, models: list[LoadedModel]) -> int:
+    """``--lead``: 1 when not given; UserError past a forecast model's PRED_LEN."""
+    if lead is None:
+        return 1
+    forecasts = [lm for lm in models if lm.spec.mode == "forecast"]
+    if not forecasts:
+        raise UserError(
+            f"--lead {lead} picks a forecast lead day; {models[0].path} is a simulate-mode model "
+            "(it predicts the same day): drop --lead"
+        )
+    short = [lm for lm in forecasts if lead > lm.spec.pred_len]
+    if short:
+        raise UserError(
+            f"--lead {lead} is beyond PRED_LEN {short[0].spec.pred_len} of {short[0].path}; "
+            f"choose a lead from 1 to {min(lm.spec.pred_len for lm in forecasts)}"
+        )
+    return lead
+
+
+def log_operational(forecast: pd.DataFrame) -> None:
+    """One log line per operational forecast (past the last observation, unscored)."""
+    for (model, basin), rows in forecast.groupby(["model", "basin"]) if len(forecast) else []:
+        log.info(
+            "%s basin %s: operational forecast issued %s for %s..%s (observed discharge until "
+            "%s; no observations, not scored): %s mm/day",
+            model,
+            basin,
+            rows["issue_date"].iloc[0],
+            rows["date"].iloc[0],
+            rows["date"].iloc[-1],
+            rows["last_observation"].iloc[0] or "never",
+            ", ".join(f"{v:.3f}" for v in rows["sim_mm_day"]),
+        )
+
+
+def write_summary_plots(
+    runs: list[ModelRun], by_lead: pd.DataFrame | None, out_dir: Path, lead: int, span: str
+) -> None:
+    """skill_by_lead.png (forecast models); with --compare model_comparison.png and
+    error_distribution.png."""
+    if by_lead is not None:
+        names = by_lead.drop_duplicates("basin")
+        basins = (
+            ", ".join(f"{b} {n}"[:30] for b, n in zip(names.basin, names.gauge_name, strict=True))
+            if len(names) <= 6
+            else f"{len(names)} basins"
+        )
+        plot_skill_by_lead(
+            out_dir / "skill_by_lead.png",
+            by_lead,
+            f"NSE by lead day, model and persistence, {span}\n{basins}",
+        )
+    if len(runs) > 1:
+        what = f"forecast lead {lead} (simulate-mode models: same day)"
+        plot_model_comparison(
+            out_dir / "model_comparison.png", runs, lead, f"scores per basin, {what}, {span}"
+        )
+        plot_error_distribution(
+            out_dir / "error_distribution.png", runs, lead, f"errors per model, {what}, {span}"
+        )
 
 
 class _Backlog(logging.Handler):
@@ -850,6 +1157,7 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
             f"--export_weights needs an SCA2LSTM checkpoint; {first.path} holds a "
             f"{first.model_class}, which has no channel weights"
         )
+    lead = check_lead(args.lead, models)
     targets = {lm.spec.target for lm in models}
     if len(targets) > 1:
         raise UserError(f"the checkpoints predict different targets ({', '.join(sorted(targets))})")
@@ -868,6 +1176,15 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
     tag = "  [SYNTHETIC DATA]" if synthetic else ""
     if synthetic:
         log.warning("SYNTHETIC demo data or model: the scores say nothing about real catchments")
+    for lm in models:
+        if lm.spec.future_inputs:
+            log.info(
+                "model %s knows %s over the %d lead days; %s",
+                lm.label,
+                ", ".join(lm.spec.future_inputs),
+                lm.spec.pred_len,
+                HINDCAST_NOTE,
+            )
     log.info(
         "predicting %d basin(s) over %s..%s with %d model(s) on %s",
         len(basins),
@@ -883,9 +1200,14 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
         log.info("note: %s", note)
     metrics = pd.concat([run.metrics for run in runs], ignore_index=True)
     predictions = pd.concat([predictions_frame(run, data) for run in runs], ignore_index=True)
-    if synthetic:
-        metrics.insert(0, "data", "SYNTHETIC")
-        predictions.insert(0, "data", "SYNTHETIC")
+    leads = [run.by_lead for run in runs if run.by_lead is not None]
+    by_lead = pd.concat(leads, ignore_index=True) if leads else None
+    ahead = [f for f in (operational_forecast(run, data) for run in runs) if len(f)]
+    forecast = pd.concat(ahead, ignore_index=True) if ahead else pd.DataFrame()
+    for frame in (metrics, predictions, by_lead, forecast):
+        if synthetic and frame is not None and len(frame):
+            frame.insert(0, "data", "SYNTHETIC")
+    log_operational(forecast)
     for _, row in metrics.iterrows():
         log.info(
             "%s  %s %-28s %s",
@@ -904,6 +1226,10 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
         write_yaml(tmp / "config.yaml", config)
         write_csv(tmp / "predictions.csv", predictions)
         write_csv(tmp / "metrics.csv", metrics)
+        if by_lead is not None:
+            write_csv(tmp / "metrics_by_lead.csv", by_lead)
+        if len(forecast):
+            write_csv(tmp / "operational_forecast.csv", forecast)
         write_json(
             tmp / "metrics.json",
             {
@@ -921,18 +1247,21 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
                         "mode": lm.spec.mode,
                         "seq_len": lm.spec.seq_len,
                         "pred_len": lm.spec.pred_len,
+                        "future_inputs": list(lm.spec.future_inputs),
                         "synthetic_data": lm.synthetic,
                     }
                     for lm in models
                 ],
-                "notes": notes,
+                "notes": notes
+                + ([HINDCAST_NOTE] if any(lm.spec.future_inputs for lm in models) else []),
                 "metrics": metrics.to_dict(orient="records"),
             },
         )
         if args.export_weights:
             export_channel_weights(first, runs[0].windows, data, tmp, batch_size, tag)
         if not args.no_plots:
-            write_plots(runs, data, start, end, tmp, args.log_scale, tag)
+            write_plots(runs, data, start, end, tmp, args.log_scale, tag, lead, forecast)
+            write_summary_plots(runs, by_lead, tmp, lead, f"{start}..{end}{tag}")
         close_log_files()
         run_dir = _publish(tmp, parent)
     except BaseException:

@@ -46,10 +46,31 @@ def _pretrain(demo_dir: Path, work: Path, *extra: str) -> Path:
 
 @pytest.fixture(scope="session")
 def pretrained_forecast(demo_dir, demo_workdir) -> Path:
-    """A one-epoch SCA2LSTM checkpoint in forecast mode (SEQ_LEN 3, PRED_LEN 1)."""
+    """A one-epoch SCA2LSTM checkpoint in forecast mode (SEQ_LEN 3, PRED_LEN 1) without future
+    inputs: windows end on the forecast day, as before FUTURE_INPUTS existed."""
     return _pretrain(
         demo_dir,
         demo_workdir / "forecast",
+        "--set",
+        "LSTM_HIDDEN_DIM=16",
+        "--set",
+        "EMBEDDING_DIM=8",
+        "--set",
+        "FUTURE_INPUTS=[]",
+    )
+
+
+@pytest.fixture(scope="session")
+def pretrained_future(demo_dir, demo_workdir) -> Path:
+    """A one-epoch forecast checkpoint with the default future inputs (all forcings known over
+    the lead days), SEQ_LEN 5, PRED_LEN 3."""
+    return _pretrain(
+        demo_dir,
+        demo_workdir / "future",
+        "--seq_len",
+        "5",
+        "--pred_len",
+        "3",
         "--set",
         "LSTM_HIDDEN_DIM=16",
         "--set",
