@@ -63,7 +63,7 @@ def pretrained_forecast(demo_dir, demo_workdir) -> Path:
 @pytest.fixture(scope="session")
 def pretrained_future(demo_dir, demo_workdir) -> Path:
     """A one-epoch forecast checkpoint with the default future inputs (all forcings known over
-    the lead days), SEQ_LEN 5, PRED_LEN 3."""
+    the lead days), SEQ_LEN 5, PRED_LEN 3, horizon weights 3, 2, 1."""
     return _pretrain(
         demo_dir,
         demo_workdir / "future",
@@ -71,6 +71,8 @@ def pretrained_future(demo_dir, demo_workdir) -> Path:
         "5",
         "--pred_len",
         "3",
+        "--horizon_weights",
+        "3,2,1",
         "--set",
         "LSTM_HIDDEN_DIM=16",
         "--set",
