@@ -506,7 +506,26 @@ def operational_forecast(run: ModelRun, data: InputData) -> pd.DataFrame:
         seen = np.flatnonzero(np.isfinite(b.column(spec.target)))
         last_obs = b.start + np.timedelta64(int(seen[-1]), "D") if seen.size else None
         if last_obs is not None and targets[i, -1] <= last_obs:
+            if spec.future_inputs and windows.end > b.end:
+                log.info(
+                    "%s basin %s: no forecast past %s, the end of the data: with future inputs "
+                    "the lead days need their known forcings (%s); append the weather forecast "
+                    "to the timeseries to forecast ahead",
+                    run.loaded.label,
+                    basin,
+                    b.end,
+                    ", ".join(spec.future_inputs),
+                )
             continue
+        if last_obs is None or issue[i] > last_obs:
+            log.info(
+                "%s basin %s: discharge is unobserved on the issue day %s (last observed %s), so "
+                "the forecast starts from the training mean flow",
+                run.loaded.label,
+                basin,
+                issue[i],
+                last_obs or "never",
+            )
         sim = windows.scalers.unscale_target(run.pred[i].astype(np.float64))  # [P] mm/day
         frames.append(
             pd.DataFrame(
@@ -1019,7 +1038,7 @@ def plot_error_distribution(path: Path, runs: list[ModelRun], lead: int, title: 
             s = _lead_series(run.series[basin], lead)
             ok = np.isfinite(s["obs"]) & np.isfinite(s["sim"])
             parts.append(s["sim"][ok] - s["obs"][ok])
-        errors[f"{run.loaded.label} ({_what(run, lead)})"] = np.concatenate(parts)
+        errors[run.loaded.label] = np.concatenate(parts)
     fig, (ax_b, ax_h) = plt.subplots(1, 2, figsize=(12, 4.5))
     labels = list(errors)
     ax_b.boxplot([errors[k] for k in labels], showfliers=False)
@@ -1086,7 +1105,7 @@ def write_summary_plots(
     if by_lead is not None:
         names = by_lead.drop_duplicates("basin")
         basins = (
-            ", ".join(f"{b} {n}"[:30] for b, n in zip(names.basin, names.gauge_name, strict=True))
+            ", ".join(f"{b} {n[:25]}" for b, n in zip(names.basin, names.gauge_name, strict=True))
             if len(names) <= 6
             else f"{len(names)} basins"
         )

@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def scenario_args(a: argparse.Namespace) -> list[str]:
-    common = [
+def common_args(a: argparse.Namespace) -> list[str]:
+    """The hyperparameter arguments every scenario shares (also used by forecast_quality.py)."""
+    return [
         "--data_dir", a.data_dir, "--epochs", str(a.epochs), "--batch_size", str(a.batch_size),
         "--learning_rate", str(a.learning_rate), "--device", a.device,
         "--accumulation_steps", "1",
@@ -79,8 +80,14 @@ def scenario_args(a: argparse.Namespace) -> list[str]:
         "--set", f"SAMPLES_PER_EPOCH={a.samples_per_epoch}", "--set", f"PATIENCE={a.patience}",
         "--set", "WARMUP_STEPS=50", *[arg for kv in a.set for arg in ("--set", kv)],
     ]  # fmt: skip
+
+
+def scenario_args(a: argparse.Namespace) -> list[str]:
+    common = common_args(a)
     if a.scenario == "forecast":
-        return [*common, "--mode", "forecast", "--seq_len", "3", "--pred_len", "1"]
+        # Today's forecast windows end on day t: no future inputs.
+        return [*common, "--set", "FUTURE_INPUTS=[]",
+                "--mode", "forecast", "--seq_len", "3", "--pred_len", "1"]  # fmt: skip
     sim = [*common, "--mode", "simulate", "--seq_len", str(a.seq_len),
            "--set", f"PREDICT_LAST_N={a.predict_last_n}"]  # fmt: skip
     if a.scenario == "all12":
