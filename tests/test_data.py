@@ -269,7 +269,8 @@ def test_basin_1001_is_never_confused_with_10002(tmp_path, camels_gb_dir, dp_arg
 
 
 def test_forecast_windows(real_data, base_config, scalers):
-    spec = hd.FeatureSpec.from_config(base_config)  # forecast, SEQ_LEN 3, PRED_LEN 1
+    # forecast, SEQ_LEN 3, PRED_LEN 1, windows ending on day t (FUTURE_INPUTS [])
+    spec = hd.FeatureSpec.from_config({**base_config, "FUTURE_INPUTS": []})
     inputs = tuple(base_config["DYNAMIC_INPUTS"])
     assert spec.channels == (*inputs, hd.Q_LAG, hd.Q_MISSING)
     start, end = np.datetime64("1983-05-01"), np.datetime64("1983-07-31")
@@ -300,6 +301,21 @@ def test_forecast_windows(real_data, base_config, scalers):
     x0 = batch["x"][0].numpy()
     assert (x0[:, -1] == 1).all() and (x0[:, -2] == 0).all()
     assert w.n_samples_per_basin == [days(FIRST_Q_10003, end) + 1, days(start, end) + 1]
+    # the default future inputs: the same samples, one lead day appended with the data's row
+    future = hd.FeatureSpec.from_config(base_config)
+    assert future.future_inputs == inputs and future.window_len == L + 1
+    wf = hd.WindowData(real_data, future, scalers, ["10003", "22001"], start, end)
+    np.testing.assert_array_equal(wf.sample_dates(), sample_dates)
+    xf = wf.batch(torch.arange(len(wf)))["x"]
+    assert xf.shape == (len(w), L + 1, len(inputs) + 2)
+    torch.testing.assert_close(xf[:, :L], batch["x"])
+    b, sel = real_data.basins["22001"], owner == 1
+    t = (sample_dates[sel] - b.start).astype(int)
+    np.testing.assert_allclose(
+        xf[torch.from_numpy(sel), L].numpy(),
+        expected_inputs(b, spec, scalers, t[:, None] + 1)[:, 0],
+        atol=1e-5,
+    )
 
 
 def test_simulate_windows(real_data, scalers):
@@ -336,11 +352,15 @@ def test_need_target_false_keeps_unobserved_days(real_data, base_config, scalers
     w = hd.WindowData(real_data, spec, scalers, ["10003"], start, end, need_target=False)
     targets = w.target_dates()[:, 0]
     np.testing.assert_array_equal(w.y_mask.numpy()[:, 0], targets >= FIRST_Q_10003)
-    # forecasts may reach one day past the last row of the data
+    # forecasts may reach one day past the last row of the data, without future inputs
     start, end = np.datetime64("2015-09-01"), np.datetime64("2015-10-01")
-    w = hd.WindowData(real_data, spec, scalers, ["22001"], start, end, need_target=False)
+    past = hd.FeatureSpec.from_config({**base_config, "FUTURE_INPUTS": []})
+    w = hd.WindowData(real_data, past, scalers, ["22001"], start, end, need_target=False)
     assert w.target_dates()[-1, 0] == LAST_DAY + np.timedelta64(1, "D")
     assert not w.y_mask[-1].any()
+    # with them the lead day needs its known forcings: the last forecast is of the last day
+    w = hd.WindowData(real_data, spec, scalers, ["22001"], start, end, need_target=False)
+    assert w.target_dates()[-1, 0] == LAST_DAY
 
 
 def test_stream_dataset_matches_resident_batches(real_data, base_config, scalers):

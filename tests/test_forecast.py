@@ -201,7 +201,9 @@ def test_no_discharge_after_the_forecast_day_reaches_the_model(demo_dir, tmp_pat
 
     assert torch.equal(base, forecast(gap))
     # a known forcing of a lead day, and the discharge of day t itself: the forecast changes
-    assert not torch.allclose(base, forecast(scale("precipitation", slice(t + 2, t + 3), 1.0, 20.0)))
+    assert not torch.allclose(
+        base, forecast(scale("precipitation", slice(t + 2, t + 3), 1.0, 20.0))
+    )
     assert not torch.allclose(base, forecast(scale("discharge_spec", slice(t, t + 1), 2.0, 1.0)))
     # whatever a caller puts in the lead days' discharge rows is hidden by the model itself
     _, _, w = windows_for(config, demo_dir, data=data, scalers=scalers)

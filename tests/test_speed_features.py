@@ -213,8 +213,11 @@ def test_model_size_flag_logs_parameters_and_memory(demo_dir, tmp_path, sca2lstm
     found = re.search(r"activation memory estimate ([\d.]+) MiB for a batch of (\d+) windows", text)
     assert found
     assert "model size micro" in text
+    # the window: SEQ_LEN days, plus the PRED_LEN lead days with future inputs (the default)
+    window = ckpt["config"]["SEQ_LEN"] + ckpt["model_args"]["future_len"]
+    assert window == 4
     expected = activation_memory_estimate(
-        sca2lstm.ModelArgs(**ckpt["model_args"]), int(found.group(2)), ckpt["config"]["SEQ_LEN"]
+        sca2lstm.ModelArgs(**ckpt["model_args"]), int(found.group(2)), window
     )
     assert float(found.group(1)) == pytest.approx(expected / 2**20, abs=0.05)
 
