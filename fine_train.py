@@ -15,7 +15,7 @@ Usage::
 
 Each run writes ``model_output/fine_tune/basin_<id>/<timestamp>/`` with
 ``best_model_basin_<id>.pth``, ``training_curve.png``, ``fine_tune.log``, ``config.yaml``,
-``finetune_history.json`` and ``metrics_before_after.csv``.
+``feature_classification.json``, ``finetune_history.json`` and ``metrics_before_after.csv``.
 """
 
 from __future__ import annotations
