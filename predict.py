@@ -613,7 +613,7 @@ def export_channel_weights(
     channels = list(windows.spec.channels)
     L, C = windows.spec.window_len, len(channels)
     owner = windows.sample_basin.cpu().numpy()
-    dates = windows.sample_dates()  # [S] last input day of each window
+    dates = windows.sample_dates()  # [S] issue day t of each window
     months = (dates.astype("datetime64[M]").astype(int) % 12) + 1
     season = _SEASON_OF_MONTH[months - 1]  # [S]
     daily = out_dir / "channel_weights_daily.csv"
