@@ -222,6 +222,7 @@ def test_simulate_mode_eval_predicts_each_day_once(demo_dir, tmp_path):  # noqa:
         (["--train_basins", "99999"], "99999"),
         (["--set", "NOT_A_KEY=1"], "unknown config key"),
         (["--set", "TRAIN_END=1970-01-01"], "ends"),
+        (["--horizon_weights", "1,2"], "PRED_LEN is 1"),
     ],
 )
 def test_bad_input_is_one_message_and_leaves_no_run_folder(demo_dir, tmp_path, extra, needle):  # noqa: F811
