@@ -59,12 +59,15 @@ from hydrologyDataset import (
     resolve_data_dir,
 )
 from utils import (
+    MODEL_KEYS,
     ROOT,
     UserError,
     add_common_args,
     basin_metrics_table,
     close_log_files,
+    config_summary,
     csv_list,
+    ensure_writable,
     load_checkpoint,
     load_config,
     log,
@@ -197,6 +200,8 @@ def resolve_checkpoint(patterns: Sequence[str], flag: str) -> Path:
                 )
             found += matches
         else:
+            if os.path.isdir(expanded):
+                load_checkpoint(expanded)  # raises the error that names the .pth files inside
             if not os.path.isfile(expanded):
                 raise UserError(f"{flag} {pattern}: checkpoint not found; check the path")
             found.append(expanded)
@@ -845,6 +850,10 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
             "model %s: %s (%s, stage %s)", label, lm.path, lm.model_class, lm.ckpt.get("stage")
         )
     first = models[0]
+    # What the run did is the checkpoint's model, inputs, windows and periods, not run.config's.
+    saved = first.ckpt.get("config") or {}
+    config = {**config, **{k: saved[k] for k in MODEL_KEYS if k in saved}}
+    log.info("config of %s: %s", first.label, config_summary(config))
     if args.export_weights and first.model_class != "SCA2LSTM":
         raise UserError(
             f"--export_weights needs an SCA2LSTM checkpoint; {first.path} holds a "
@@ -961,13 +970,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """
     args = build_parser().parse_args(argv)
     config = load_config(
-        args.config, stage="predict", overrides=args.set, flags={"OUTPUT_DIR": args.output_dir}
+        args.config,
+        stage="predict",
+        overrides=args.set,
+        flags={"OUTPUT_DIR": args.output_dir, "NUM_THREADS": args.threads},
     )
     setup_logging()
+    ensure_writable(output_root(config), "the output folder")
     backlog = _Backlog()
     log.addHandler(backlog)
     try:
-        log.info("resolved config: %s", {k: config[k] for k in sorted(config)})
         log.info("model, inputs, scalers and mode come from the checkpoint; none is refitted")
         return predict(args, config, backlog)
     finally:

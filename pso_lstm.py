@@ -64,7 +64,9 @@ from utils import (
     basin_metrics_table,
     checkpoint_payload,
     close_log_files,
+    config_summary,
     csv_list,
+    ensure_writable,
     fit,
     iso_date,
     load_config,
@@ -803,7 +805,7 @@ def run_basin(
         *periods["validation"],
         *periods["test"],
     )
-    log.info("resolved config: %s", {k: config[k] for k in sorted(config)})
+    log.info("config: %s (every key: config.yaml)", config_summary(config))
     log.info("PSO dimensions %s", space.describe())
     write_yaml(run_dir / "config.yaml", config)
 
@@ -1128,6 +1130,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[dict, frozenset[str]]:
         "PSO_C2": args.c2,
         "PSO_W": args.w,
         "PSO_INPUTS": args.inputs,
+        "NUM_THREADS": args.threads,
     }
     given = {n: getattr(args, n) for n in PSO_DIMENSIONS if getattr(args, n) is not None}
     for name, value in given.items():
@@ -1191,6 +1194,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     config, fixed = resolve_config(args)
     setup_logging()
+    root = Path(args.output_dir) if args.output_dir else output_root(config) / "pso_lstm"
+    ensure_writable(root, "the output folder")
     data_dir = resolve_data_dir(args.data_dir, config, demo=args.demo)
     device = resolve_device(args.device, args.no_cuda, config)
     seed_everything(config["SEED"])
@@ -1215,7 +1220,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
         log.warning("running on SYNTHETIC demo data: scores say nothing about real catchments")
     log.info("PSO dimensions %s", space.describe())
 
-    root = Path(args.output_dir) if args.output_dir else output_root(config) / "pso_lstm"
     summary = _reserve_summary(root)
     results, rows = {}, []
     try:
