@@ -46,6 +46,7 @@ from hydrologyDataset import (
 from sca2lstm import SCA2LSTM, ModelArgs
 from utils import (
     MODEL_KEYS,
+    HelpFormatter,
     TrainSettings,
     UserError,
     add_common_args,
@@ -71,6 +72,7 @@ from utils import (
     save_checkpoint,
     seed_everything,
     setup_logging,
+    show_config_defaults,
     validate_config,
     write_csv,
     write_json,
@@ -92,6 +94,7 @@ CHECKPOINT_NAME = "best_model_basin_{basin}.pth"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         description=(
             "Fine-tune a pretrained SCA2LSTM on one CAMELS-GB basin. Flags left out take their "
             "value from run.config (its fine_tune section); the model, scalers, inputs and "
@@ -135,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_cuda", action="store_true", help="run on the CPU")
     parser.add_argument("--demo", action="store_true", help="use the synthetic demo dataset")
     add_common_args(parser)
+    show_config_defaults(parser, "fine_tune")
     return parser
 
 

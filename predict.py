@@ -61,6 +61,7 @@ from hydrologyDataset import (
 from utils import (
     MODEL_KEYS,
     ROOT,
+    HelpFormatter,
     UserError,
     add_common_args,
     basin_metrics_table,
@@ -82,6 +83,7 @@ from utils import (
     save_figure,
     series_by_basin,
     setup_logging,
+    show_config_defaults,
     write_csv,
     write_json,
     write_yaml,
@@ -95,9 +97,9 @@ MODEL_CLASSES: dict[str, str] = {"SCA2LSTM": "sca2lstm", "PSOLSTM": "pso_lstm"}
 SEASONS = ("DJF", "MAM", "JJA", "SON")
 _SEASON_OF_MONTH = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 0])  # index: month 1..12
 METRIC_COLUMNS = (
-    "model", "basin", "gauge_name", "group", "n_scored", "nse", "kge", "kge_r", "kge_alpha",
-    "kge_beta", "rmse_mm_day", "mae_mm_day", "rmse_m3s", "mae_m3s", "r2", "bias_pct",
-    "persistence_nse", "skill_vs_persistence", "checkpoint",
+    "model", "basin", "gauge_name", "group", "days_seen_in_training", "n_scored", "nse", "kge",
+    "kge_r", "kge_alpha", "kge_beta", "rmse_mm_day", "mae_mm_day", "rmse_m3s", "mae_m3s", "r2",
+    "bias_pct", "persistence_nse", "skill_vs_persistence", "checkpoint",
 )  # fmt: skip
 
 
@@ -261,6 +263,30 @@ def basin_groups(ckpt: dict) -> dict[str, str]:
     return group
 
 
+def training_spans(ckpt: dict) -> dict[str, list[tuple[np.datetime64, np.datetime64]]]:
+    """Basin -> the date ranges whose observations trained this checkpoint (inclusive)."""
+    config = ckpt.get("config") or {}
+    spans: dict[str, list[tuple[np.datetime64, np.datetime64]]] = {}
+    if "TRAIN_START" in config:
+        train = (np.datetime64(config["TRAIN_START"], "D"), np.datetime64(config["TRAIN_END"], "D"))
+        for b in (ckpt.get("basins") or {}).get("TRAIN_BASINS") or []:
+            spans.setdefault(str(b), []).append(train)
+    own, split = checkpoint_basin(ckpt), ckpt.get("split")
+    if own and isinstance(split, dict) and "train_start" in split:
+        block = (np.datetime64(split["train_start"], "D"), np.datetime64(split["train_end"], "D"))
+        spans.setdefault(own, []).append(block)
+    return spans
+
+
+def days_seen_in_training(spans: list, dates: np.ndarray, obs: np.ndarray) -> int:
+    """How many distinct scored days (observed target) lie inside the training ``spans``."""
+    scored = np.unique(dates[np.isfinite(obs)])
+    seen = np.zeros(scored.shape, dtype=bool)
+    for lo, hi in spans:
+        seen |= (scored >= lo) & (scored <= hi)
+    return int(seen.sum())
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -268,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Predict with a checkpoint; write predictions, metrics and plots "
         "(defaults from run.config and the checkpoint).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--model",
@@ -304,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log_scale", action="store_true", help="log axes on the scatter plot")
     parser.add_argument("--demo", action="store_true", help="use the synthetic demo dataset")
     add_common_args(parser)
+    show_config_defaults(parser, "predict")
     return parser
 
 
@@ -440,6 +467,13 @@ def run_model(
             windows, pred, data, {b: groups.get(b, "unseen") for b in basins}
         )
     metrics = metrics.rename(columns={"rmse": "rmse_mm_day", "mae": "mae_mm_day"})
+    spans = training_spans(lm.ckpt)
+    metrics["days_seen_in_training"] = [
+        days_seen_in_training(spans.get(b, []), series[b]["date"], series[b]["obs"])
+        if b in series
+        else 0
+        for b in metrics["basin"]
+    ]
     metrics.insert(0, "model", lm.label)
     metrics["checkpoint"] = str(lm.path)
     metrics = metrics.reindex(columns=list(METRIC_COLUMNS))
@@ -896,12 +930,19 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
         metrics.insert(0, "data", "SYNTHETIC")
         predictions.insert(0, "data", "SYNTHETIC")
     for _, row in metrics.iterrows():
+        seen = int(row["days_seen_in_training"])
         log.info(
-            "%s  %s %-28s %s",
+            "%s  %s %-28s %s%s",
             row["model"],
             row["basin"],
             str(row["gauge_name"])[:28],
             _score_line(row),
+            f"  [IN-SAMPLE: {seen} of the scored days trained this model]" if seen else "",
+        )
+    if (metrics["days_seen_in_training"] > 0).any():
+        log.warning(
+            "some scores are in-sample (column days_seen_in_training): those days trained the "
+            "model, so they overstate its skill; score the test period for an honest figure"
         )
 
     parent = output_root(config) / "predict"

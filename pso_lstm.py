@@ -58,6 +58,7 @@ from hydrologyDataset import (
 from utils import (
     PSO_DIMENSIONS,
     CheckpointLoadable,
+    HelpFormatter,
     TrainSettings,
     UserError,
     add_common_args,
@@ -85,6 +86,7 @@ from utils import (
     seed_everything,
     series_by_basin,
     setup_logging,
+    show_config_defaults,
     validate_config,
     write_csv,
     write_json,
@@ -1042,6 +1044,7 @@ def bound_pair(text: str) -> tuple[int | float, int | float]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         description=(
             "Tune a per-basin LSTM with particle swarm optimisation (pyswarms GlobalBestPSO), "
             "train it and score it (defaults from run.config, section pso_lstm). Searched "
@@ -1108,6 +1111,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no_cuda", action="store_true", help="run on the CPU")
     train.add_argument("--demo", action="store_true", help="use the synthetic demo dataset")
     add_common_args(parser)
+    show_config_defaults(parser, "pso_lstm")
     return parser
 
 

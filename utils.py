@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import re
 import sys
 import tempfile
 import warnings
@@ -501,6 +502,37 @@ def add_common_args(
             metavar="N",
             help="PyTorch CPU threads of this process (NUM_THREADS; 0: PyTorch's default)",
         )
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with real defaults only: a flag whose default comes from run.config shows that
+    value (see :func:`show_config_defaults`), never ``(default: None)``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in (
+            action.help or ""
+        ):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def show_config_defaults(parser: argparse.ArgumentParser, stage: str) -> None:
+    """Append the run.config value (with the stage's section) to each config-backed flag's help.
+
+    A flag is config-backed when its help names a run.config key (the first upper-case key in
+    it) and it has no default of its own; the value shown is what the stage uses when the flag
+    is left out and no --config/--set changes it.
+    """
+    defaults = load_config(stage=stage)
+    for action in parser._actions:
+        if action.default is not None or action.nargs == 0 or not action.help:
+            continue
+        named = re.findall(r"\b[A-Z][A-Z0-9_]+\b", action.help)
+        key = next((k for k in named if k in SCHEMA), None)
+        if key is not None:
+            value = defaults[key]
+            shown = ",".join(map(str, value)) if isinstance(value, list) else value
+            action.help += f" (run.config: {'null' if shown is None else shown})"
 
 
 def csv_list(text: str) -> list[str]:

@@ -491,6 +491,7 @@ def test_bad_input_main_raises_user_error(bad_input):
         assert npz.with_suffix(".json").is_file()
 
 
+@pytest.mark.slow
 def test_bad_input_cli_exits_2_without_traceback(bad_input):
     args, pattern, _ = bad_input
     proc = subprocess.run(

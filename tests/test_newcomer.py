@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from demo_fixtures import demo_args, demo_dir, demo_workdir, pretrained_forecast  # noqa: F401
+from demo_fixtures import demo_args
 
 import hydrologyDataset as hd
 import sca2lstm
@@ -22,9 +22,9 @@ TINY = ("--set", "LSTM_HIDDEN_DIM=8", "--set", "EMBEDDING_DIM=4", "--set", "PATI
 
 @pytest.mark.slow
 def test_unwritable_output_dir_is_one_error_before_any_work(
-    demo_dir,  # noqa: F811
-    demo_workdir,  # noqa: F811
-    pretrained_forecast,  # noqa: F811
+    demo_dir,
+    demo_workdir,
+    pretrained_forecast,
     tmp_path,
 ):
     impossible = "/proc/sca2lstm-output"  # no one can create a folder under /proc, root included
@@ -56,7 +56,7 @@ def test_unwritable_output_dir_is_one_error_before_any_work(
     assert not Path(impossible).exists()
 
 
-def test_resume_keeps_the_runs_own_epoch_count(demo_dir, tmp_path):  # noqa: F811
+def test_resume_keeps_the_runs_own_epoch_count(demo_dir, tmp_path):
     args = demo_args(demo_dir, tmp_path, *ONE_BASIN, *TINY, "--set", "TRAIN_START=1990-01-01")
     first = sca2lstm.main([*args, "--epochs", "1"])
     # As if that run had been asked for 2 epochs and was interrupted after the first one.
@@ -74,7 +74,7 @@ def test_resume_keeps_the_runs_own_epoch_count(demo_dir, tmp_path):  # noqa: F81
     assert [h["epoch"] for h in more["history"]] == [1, 2, 3]
 
 
-def test_dry_run_leaves_the_shared_checkpoint_alone(demo_dir, tmp_path):  # noqa: F811
+def test_dry_run_leaves_the_shared_checkpoint_alone(demo_dir, tmp_path):
     pointer = tmp_path / "model_output" / "sca2lstm.pth"
     pointer.parent.mkdir(parents=True)
     pointer.write_bytes(b"a good model")
@@ -101,12 +101,12 @@ def test_pointer_written_by_another_run_meanwhile_is_logged(tmp_path, caplog):
     assert "another run" not in caplog.text
 
 
-def test_a_folder_given_as_checkpoint_names_the_files_inside(pretrained_forecast):  # noqa: F811
+def test_a_folder_given_as_checkpoint_names_the_files_inside(pretrained_forecast):
     with pytest.raises(UserError, match=r"is a folder, not a checkpoint.*best_model\.pth"):
         load_checkpoint(pretrained_forecast.parent)
 
 
-def test_unknown_basin_names_the_flags_that_fix_it(demo_dir):  # noqa: F811
+def test_unknown_basin_names_the_flags_that_fix_it(demo_dir):
     source = hd.find_source(demo_dir)
     with pytest.raises(UserError, match=r"99999 not found.*--train_basins.*--target_basin"):
         source.check_basins(["99999"])
@@ -123,3 +123,45 @@ def test_threads_are_set_and_logged(caplog):
         torch.set_num_threads(before)
     with pytest.raises(UserError, match="NUM_THREADS must be 0 or more"):
         load_config(overrides=["NUM_THREADS=-1"])
+
+
+def test_predict_marks_in_sample_days(
+    demo_dir, demo_workdir, pretrained_forecast, tmp_path, caplog
+):
+    import predict
+
+    ckpt = load_checkpoint(pretrained_forecast)
+    trained = ckpt["config"]["TRAIN_BASINS"][0]
+    args = [
+        "--data_dir", str(demo_dir), "--set", f"INPUT_DIR={demo_workdir / 'model_input_data'}",
+        "--output_dir", str(tmp_path / "out"), "--model", str(pretrained_forecast),
+        "--basins", f"{trained},22001", "--start", "1990-01-01", "--end", "1990-01-31",
+        "--no_plots",
+    ]  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="sca2lstm"):
+        metrics = predict.main(args)["metrics"].set_index("basin")
+    # January 1990 lies in the training period: for a training basin every scored day is
+    # in-sample, for a basin never trained on none is.
+    assert metrics.loc[trained, "days_seen_in_training"] == metrics.loc[trained, "n_scored"] > 0
+    assert metrics.loc["22001", "days_seen_in_training"] == 0
+    assert "IN-SAMPLE" in caplog.text and "some scores are in-sample" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("script", "flag", "shown"),
+    [
+        ("sca2lstm", "--epochs", "N_EPOCHS (run.config: 5)"),
+        ("sca2lstm", "--learning_rate", "(run.config: 0.001)"),
+        ("fine_train", "--epochs", "(run.config: 20)"),
+        ("pso_lstm", "--final_epochs", "(run.config: 20)"),
+        ("predict", "--threads", "(run.config: 1)"),
+    ],
+)
+def test_help_shows_the_run_config_default_not_none(script, flag, shown):
+    import importlib
+
+    text = " ".join(importlib.import_module(script).build_parser().format_help().split())
+    assert "(default: None)" not in text
+    options = text[text.index("options:") :]  # past the usage lines
+    entry = options[options.index(f"{flag} ") :][:200]
+    assert shown in entry, entry
