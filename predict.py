@@ -20,7 +20,8 @@ temporary folder and renamed at the end, so a failed run leaves no folder behind
   sim_mm_day, obs_m3s, sim_m3s; one row per target day and lead.
 - ``metrics.csv`` (one row per model and basin) and ``metrics.json`` (the same, plus the run's
   settings and notes): NSE, KGE with r/alpha/beta, RMSE and MAE in mm/day and m³/s, R², bias %,
-  the number of scored days; in forecast mode also persistence NSE and the skill over it.
+  Pearson r, alpha-/beta-NSE, FHV/FLV/FMS, peak timing and missed peaks (NaN with several forecast
+  leads), the number of scored days; in forecast mode also persistence NSE and the skill over it.
 - ``config.yaml`` (resolved config) and ``predict.log``.
 - Per basin (first model, lead 1 in forecast mode): ``hydrograph_<id>.png``, ``scatter_<id>.png``,
   ``residuals_<id>.png``, ``fdc_<id>.png``; with ``--compare`` also ``compare_hydrograph_<id>.png``.
@@ -99,7 +100,8 @@ _SEASON_OF_MONTH = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 0])  # index: m
 METRIC_COLUMNS = (
     "model", "basin", "gauge_name", "group", "days_seen_in_training", "n_scored", "nse", "kge",
     "kge_r", "kge_alpha", "kge_beta", "rmse_mm_day", "mae_mm_day", "rmse_m3s", "mae_m3s", "r2",
-    "bias_pct", "persistence_nse", "skill_vs_persistence", "checkpoint",
+    "bias_pct", "pearson_r", "alpha_nse", "beta_nse", "fhv", "flv", "fms", "peak_timing",
+    "missed_peaks", "persistence_nse", "skill_vs_persistence", "checkpoint",
 )  # fmt: skip
 
 
