@@ -79,6 +79,7 @@ from utils import (
     positive_int,
     predict_windows,
     progress,
+    pyplot,
     resolve_device,
     run_cli,
     save_checkpoint,
@@ -733,23 +734,33 @@ def plot_convergence(history: list[dict], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
-def plot_prediction(series: dict, path: Path, title: str) -> None:
-    """Observed and predicted discharge (mm/day) over time."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def plot_prediction(series: dict, b: BasinData, path: Path, title: str) -> None:
+    """Observed and predicted discharge over time, daily precipitation as inverted bars above,
+    mm/day on the left axis and m³/s on the right."""
     import matplotlib.dates as mdates
-    import matplotlib.pyplot as plt
 
-    dates = series["date"].astype("datetime64[D]").astype(object)
-    fig, ax = plt.subplots(figsize=(11, 4))
-    ax.plot(dates, series["obs"], color="black", lw=1.0, label="observed")
-    ax.plot(dates, series["sim"], color="tab:blue", lw=1.0, label="PSO-LSTM")
+    plt = pyplot()
+    dates = series["date"].astype("datetime64[D]")
+    fig, (ax_p, ax) = plt.subplots(
+        2, 1, sharex=True, figsize=(11, 5.5), gridspec_kw={"height_ratios": [1, 3], "hspace": 0.05}
+    )
+    if "precipitation" in b.columns:
+        rows = (dates - b.start).astype(int)
+        ax_p.bar(dates.astype(object), b.column("precipitation")[rows], width=1.0, linewidth=0)
+    ax_p.invert_yaxis()
+    ax_p.set_ylabel("precipitation\n(mm/day)")
+    # the simulation under the observations, so the observed line stays visible
+    ax.plot(dates.astype(object), series["sim"], color="tab:orange", lw=1.0, label="PSO-LSTM")
+    ax.plot(dates.astype(object), series["obs"], color="black", lw=0.8, label="observed")
     ax.set_xlabel("date")
     ax.set_ylabel("discharge (mm/day)")
+    if np.isfinite(b.area) and b.area > 0:
+        factor = b.area * 1000.0 / 86400.0
+        right = ax.secondary_yaxis("right", functions=(lambda q: q * factor, lambda q: q / factor))
+        right.set_ylabel("discharge (m³/s)")
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
-    ax.legend(loc="upper right", fontsize=8)
-    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=8)  # clear of the peaks
+    ax_p.set_title(title, fontsize=10)
     save_figure(fig, path)
 
 
@@ -936,10 +947,24 @@ def run_basin(
             ),
         )
         m = table.iloc[0]
+        train_lo, train_hi = period(config, "train")
+        seen = int(((series["date"] >= train_lo) & (series["date"] <= train_hi)).sum())
+        if seen:
+            log.warning(
+                "basin %s: %d of the %d plotted days lie in the training period %s..%s; their "
+                "scores are in-sample",
+                basin,
+                seen,
+                len(series["date"]),
+                train_lo,
+                train_hi,
+            )
         plot_prediction(
             series,
+            b,
             run_dir / "prediction.png",
             f"PSO-LSTM, basin {basin} {b.name}, {window[0]}..{window[1]}"
+            f"{f' (IN-SAMPLE: {seen} days in the training period)' if seen else ''}"
             f"{' (lead 1 day)' if spec.pred_len > 1 else ''}\n"
             f"NSE {m['nse']:.3f}  KGE {m['kge']:.3f}  RMSE {m['rmse']:.3f} mm/day  "
             f"bias {m['bias_pct']:+.1f} %  persistence NSE {m['persistence_nse']:.3f}",
@@ -1222,7 +1247,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
             check_plot_window(config, data.basins[basin], *window)
     if data.synthetic:
         log.warning("running on SYNTHETIC demo data: scores say nothing about real catchments")
-    log.info("PSO dimensions %s", space.describe())
 
     summary = _reserve_summary(root)
     results, rows = {}, []

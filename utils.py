@@ -580,7 +580,21 @@ def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> lo
         handler = logging.FileHandler(log_file, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
+    else:
+        _SAID.clear()  # a new run (a stage's main) hears each note once more
     return logger
+
+
+_SAID: set[str] = set()
+
+
+def log_once(message: str, *args: Any) -> None:
+    """``log.info`` a note once per run (from one ``setup_logging()`` to the next), however often
+    it is asked for."""
+    text = message % args if args else message
+    if text not in _SAID:
+        _SAID.add(text)
+        log.info(text)
 
 
 def close_log_files() -> None:
@@ -762,7 +776,11 @@ def plot_channel_weights(table, path: Path, title: str) -> None:
     plt = pyplot()
     values = table.drop(columns=["basin", "gauge_name"]).to_numpy(dtype=float)
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * values.shape[1], 1.0 + 0.45 * len(table)))
-    image = ax.imshow(values, cmap="viridis", aspect="auto")
+    # A diverging scale centred on 1 (uniform use), as wide as the largest departure: a 1 %
+    # difference then looks like one, not like the whole colour range.
+    spread = float(np.nanmax(np.abs(values - 1.0))) if np.isfinite(values).any() else 0.0
+    spread = max(spread, 1e-3)
+    image = ax.imshow(values, cmap="RdBu_r", vmin=1.0 - spread, vmax=1.0 + spread, aspect="auto")
     ax.set_xticks(range(values.shape[1]), table.columns[2:], rotation=45, ha="right")
     ax.set_yticks(
         range(len(table)),
@@ -1497,7 +1515,7 @@ class TrainSettings:
         if not cuda:
             for key in ("USE_COMPILE", "MIXED_PRECISION"):
                 if config[key]:
-                    log.info(
+                    log_once(
                         "%s is on but applies to CUDA devices only; training on %s without it",
                         key,
                         device,
