@@ -39,7 +39,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -68,6 +67,7 @@ from utils import (
     config_summary,
     csv_list,
     ensure_writable,
+    eval_batch_size,
     fit,
     iso_date,
     load_config,
@@ -354,8 +354,14 @@ def _contained_pyswarms_logging():
     at stderr and writes ``report.log`` into the working folder (pyswarms issues #415, #462).
     Those calls are skipped while pyswarms is imported and the optimiser is built.
     """
-    with mock.patch("logging.config.dictConfig"):
+    import logging.config
+
+    saved = logging.config.dictConfig
+    logging.config.dictConfig = lambda *args, **kwargs: None
+    try:
         yield
+    finally:
+        logging.config.dictConfig = saved
 
 
 def run_swarm(
@@ -704,7 +710,7 @@ class BasinSetup:
 
 
 def _metrics_rows(setup: BasinSetup, model: PSOLSTM, windows: WindowData, name: str, start, end):
-    pred = predict_windows(model, windows, batch_size=max(1024, setup.settings.batch_size))
+    pred = predict_windows(model, windows, batch_size=eval_batch_size(setup.settings.batch_size))
     table = basin_metrics_table(windows, pred, setup.data, {setup.basin: name})
     table.insert(0, "period", name)
     table.insert(1, "start", str(start))
@@ -714,10 +720,7 @@ def _metrics_rows(setup: BasinSetup, model: PSOLSTM, windows: WindowData, name: 
 
 def plot_convergence(history: list[dict], path: Path, title: str) -> None:
     """Cost of every particle per iteration and the best cost so far."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     iters = np.array([row["iteration"] for row in history])
     costs = np.array([row["cost"] for row in history], dtype=float)

@@ -356,11 +356,18 @@ def apply_model_size(config: dict[str, Any]) -> None:
     config.update(config["MODEL_SIZES"][name])
 
 
-def _iso_date(key: str, value: str) -> dt.date:
+def to_day(value: str, what: str) -> np.datetime64:
+    """A YYYY-MM-DD date as datetime64[D]; ``what`` names the key or flag in the error.
+
+    Raises
+    ------
+    UserError
+        Not a date of the calendar (``1970-11-31`` included).
+    """
     try:
-        return dt.date.fromisoformat(value)
+        return np.datetime64(dt.date.fromisoformat(str(value).strip()), "D")
     except ValueError:
-        raise UserError(f"{key}={value!r} is not a date; write it as YYYY-MM-DD") from None
+        raise UserError(f"{what} {value!r} is not a date; write it as YYYY-MM-DD") from None
 
 
 def validate_config(config: dict[str, Any]) -> None:
@@ -436,7 +443,7 @@ def validate_config(config: dict[str, Any]) -> None:
             "PREDICT_LAST_N applies to simulate mode only; set it to 1 in forecast mode"
         )
     for name, (k_start, k_end) in PERIODS.items():
-        start, end = _iso_date(k_start, config[k_start]), _iso_date(k_end, config[k_end])
+        start, end = to_day(config[k_start], f"{k_start}="), to_day(config[k_end], f"{k_end}=")
         if end < start:
             raise UserError(f"the {name} period ends ({end}) before it starts ({start})")
     for key in BASIN_KEYS:
@@ -546,8 +553,8 @@ def csv_list(text: str) -> list[str]:
 def iso_date(text: str) -> np.datetime64:
     """argparse type for a YYYY-MM-DD date, as datetime64[D]."""
     try:
-        return np.datetime64(dt.date.fromisoformat(text.strip()), "D")
-    except ValueError:
+        return to_day(text, "")
+    except UserError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date; write YYYY-MM-DD") from None
 
 
@@ -1627,7 +1634,15 @@ def _autocast(device, enabled: bool):
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
-def predict_windows(model, windows, batch_size: int = 1024, return_weights: bool = False):
+EVAL_BATCH = 1024  # windows per forward pass when only predicting: no gradients to keep
+
+
+def eval_batch_size(batch_size: int) -> int:
+    """Batch for prediction and scoring: the training batch, but at least EVAL_BATCH windows."""
+    return max(EVAL_BATCH, int(batch_size))
+
+
+def predict_windows(model, windows, batch_size: int = EVAL_BATCH, return_weights: bool = False):
     """Run ``model`` over every sample of ``windows`` in order.
 
     Returns
@@ -1893,7 +1908,7 @@ def fit(
             record["gpu_mem_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
             record["gpu_mem_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
         if val is not None:
-            pred = predict_windows(eval_model, val, batch_size=max(1024, settings.batch_size))
+            pred = predict_windows(eval_model, val, batch_size=eval_batch_size(settings.batch_size))
             pred_t = torch.from_numpy(pred).to(val.device)
             y = val.y[val.sample_end[:, None] + val._targets]
             with torch.no_grad():
