@@ -20,7 +20,8 @@ temporary folder and renamed at the end, so a failed run leaves no folder behind
   sim_mm_day, obs_m3s, sim_m3s; one row per target day and lead.
 - ``metrics.csv`` (one row per model and basin) and ``metrics.json`` (the same, plus the run's
   settings and notes): NSE, KGE with r/alpha/beta, RMSE and MAE in mm/day and m³/s, R², bias %,
-  the number of scored days; in forecast mode also persistence NSE and the skill over it.
+  Pearson r, alpha-/beta-NSE, FHV/FLV/FMS, peak timing and missed peaks (NaN with several forecast
+  leads), the number of scored days; in forecast mode also persistence NSE and the skill over it.
 - Forecast models: ``metrics_by_lead.csv`` (model, basin, lead: NSE, KGE, RMSE, bias %,
   persistence NSE, skill over persistence, number of scored days) and ``skill_by_lead.png``.
 - ``operational_forecast.csv``, where the range reaches past the last observed discharge: the
@@ -66,12 +67,17 @@ from hydrologyDataset import (
     resolve_data_dir,
 )
 from utils import (
+    MODEL_KEYS,
     ROOT,
+    HelpFormatter,
     UserError,
     add_common_args,
     basin_metrics_table,
     close_log_files,
+    config_summary,
     csv_list,
+    ensure_writable,
+    eval_batch_size,
     lead_metrics_table,
     load_checkpoint,
     load_config,
@@ -83,11 +89,14 @@ from utils import (
     positive_int,
     predict_windows,
     progress,
+    pyplot,
     resolve_device,
     run_cli,
     save_figure,
     series_by_basin,
     setup_logging,
+    show_config_defaults,
+    to_day,
     write_csv,
     write_json,
     write_yaml,
@@ -101,9 +110,10 @@ MODEL_CLASSES: dict[str, str] = {"SCA2LSTM": "sca2lstm", "PSOLSTM": "pso_lstm"}
 SEASONS = ("DJF", "MAM", "JJA", "SON")
 _SEASON_OF_MONTH = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 0])  # index: month 1..12
 METRIC_COLUMNS = (
-    "model", "basin", "gauge_name", "group", "n_scored", "nse", "kge", "kge_r", "kge_alpha",
-    "kge_beta", "rmse_mm_day", "mae_mm_day", "rmse_m3s", "mae_m3s", "r2", "bias_pct",
-    "persistence_nse", "skill_vs_persistence", "checkpoint",
+    "model", "basin", "gauge_name", "group", "days_seen_in_training", "n_scored", "nse", "kge",
+    "kge_r", "kge_alpha", "kge_beta", "rmse_mm_day", "mae_mm_day", "rmse_m3s", "mae_m3s", "r2",
+    "bias_pct", "pearson_r", "alpha_nse", "beta_nse", "fhv", "flv", "fms", "peak_timing",
+    "missed_peaks", "persistence_nse", "skill_vs_persistence", "checkpoint",
 )  # fmt: skip
 LEAD_COLUMNS = (
     "model", "basin", "gauge_name", "group", "lead", "n_scored", "nse", "kge", "rmse_mm_day",
@@ -210,6 +220,8 @@ def resolve_checkpoint(patterns: Sequence[str], flag: str) -> Path:
                 )
             found += matches
         else:
+            if os.path.isdir(expanded):
+                load_checkpoint(expanded)  # raises the error that names the .pth files inside
             if not os.path.isfile(expanded):
                 raise UserError(f"{flag} {pattern}: checkpoint not found; check the path")
             found.append(expanded)
@@ -271,6 +283,30 @@ def basin_groups(ckpt: dict) -> dict[str, str]:
     return group
 
 
+def training_spans(ckpt: dict) -> dict[str, list[tuple[np.datetime64, np.datetime64]]]:
+    """Basin -> the date ranges whose observations trained this checkpoint (inclusive)."""
+    config = ckpt.get("config") or {}
+    spans: dict[str, list[tuple[np.datetime64, np.datetime64]]] = {}
+    if "TRAIN_START" in config:
+        train = (np.datetime64(config["TRAIN_START"], "D"), np.datetime64(config["TRAIN_END"], "D"))
+        for b in (ckpt.get("basins") or {}).get("TRAIN_BASINS") or []:
+            spans.setdefault(str(b), []).append(train)
+    own, split = checkpoint_basin(ckpt), ckpt.get("split")
+    if own and isinstance(split, dict) and "train_start" in split:
+        block = (np.datetime64(split["train_start"], "D"), np.datetime64(split["train_end"], "D"))
+        spans.setdefault(own, []).append(block)
+    return spans
+
+
+def days_seen_in_training(spans: list, dates: np.ndarray, obs: np.ndarray) -> int:
+    """How many distinct scored days (observed target) lie inside the training ``spans``."""
+    scored = np.unique(dates[np.isfinite(obs)])
+    seen = np.zeros(scored.shape, dtype=bool)
+    for lo, hi in spans:
+        seen |= (scored >= lo) & (scored <= hi)
+    return int(seen.sum())
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -278,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Predict with a checkpoint; write predictions, metrics and plots "
         "(defaults from run.config and the checkpoint).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--model",
@@ -321,14 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log_scale", action="store_true", help="log axes on the scatter plot")
     parser.add_argument("--demo", action="store_true", help="use the synthetic demo dataset")
     add_common_args(parser)
+    show_config_defaults(parser, "predict")
     return parser
-
-
-def _day(flag: str, text: str) -> np.datetime64:
-    try:
-        return np.datetime64(dt.date.fromisoformat(text.strip()), "D")
-    except ValueError:
-        raise UserError(f"{flag} {text!r} is not a date; write it as YYYY-MM-DD") from None
 
 
 def resolve_period(args: argparse.Namespace, ckpt: dict) -> tuple[np.datetime64, np.datetime64]:
@@ -341,7 +371,7 @@ def resolve_period(args: argparse.Namespace, ckpt: dict) -> tuple[np.datetime64,
     ):
         if given is None and key not in config:
             raise UserError(f"the checkpoint holds no {key}; pass {flag} YYYY-MM-DD")
-        values.append(_day(flag, given) if given is not None else _day(key, config[key]))
+        values.append(to_day(given, flag) if given is not None else to_day(config[key], key))
     start, end = values
     if end < start:
         said_end = "--end" if args.end is not None else "the checkpoint's test end"
@@ -474,6 +504,13 @@ def run_model(
             by_lead.insert(0, "model", lm.label)
             by_lead = by_lead.reindex(columns=list(LEAD_COLUMNS))
     metrics = metrics.rename(columns={"rmse": "rmse_mm_day", "mae": "mae_mm_day"})
+    spans = training_spans(lm.ckpt)
+    metrics["days_seen_in_training"] = [
+        days_seen_in_training(spans.get(b, []), series[b]["date"], series[b]["obs"])
+        if b in series
+        else 0
+        for b in metrics["basin"]
+    ]
     metrics.insert(0, "model", lm.label)
     metrics["checkpoint"] = str(lm.path)
     metrics = metrics.reindex(columns=list(METRIC_COLUMNS))
@@ -680,15 +717,6 @@ def export_channel_weights(
 # --------------------------------------------------------------------------- plots
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _fmt(value: float, spec: str = ".3f") -> str:
     if not np.isfinite(value):
         return "n/a"
@@ -747,7 +775,7 @@ def plot_hydrograph(
     ``forecast`` (rows of :func:`operational_forecast` for this basin) is drawn apart and
     labelled: the PRED_LEN days ahead of the newest data, without observations.
     """
-    plt = _pyplot()
+    plt = pyplot()
     b = basin_data
     dates = b.dates()
     inside = (dates >= start) & (dates <= end)
@@ -794,7 +822,7 @@ def plot_hydrograph(
 
 def plot_scatter(path: Path, s: dict, title: str, log_scale: bool) -> None:
     """Simulated against observed discharge with the 1:1 line."""
-    plt = _pyplot()
+    plt = pyplot()
     ok = np.isfinite(s["obs"]) & np.isfinite(s["sim"])
     if log_scale:
         ok &= (s["obs"] > 0) & (s["sim"] > 0)
@@ -822,7 +850,7 @@ def plot_scatter(path: Path, s: dict, title: str, log_scale: bool) -> None:
 
 def plot_residuals(path: Path, s: dict, title: str) -> None:
     """Residuals (simulated − observed) over time and their distribution."""
-    plt = _pyplot()
+    plt = pyplot()
     ok = np.isfinite(s["obs"]) & np.isfinite(s["sim"])
     res = s["sim"][ok] - s["obs"][ok]
     fig, (ax_t, ax_h) = plt.subplots(
@@ -853,7 +881,7 @@ def plot_residuals(path: Path, s: dict, title: str) -> None:
 
 def plot_fdc(path: Path, s: dict, title: str) -> None:
     """Flow-duration curves of observed and simulated discharge on the same scored days."""
-    plt = _pyplot()
+    plt = pyplot()
     ok = np.isfinite(s["obs"]) & np.isfinite(s["sim"])
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for values, label, colour in (
@@ -940,7 +968,7 @@ def plot_skill_by_lead(path: Path, by_lead: pd.DataFrame, title: str) -> None:
     Up to six basins: one line per basin (model solid, persistence dashed, same colour). More:
     the median over basins with the range (min to max) shaded.
     """
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     models = list(dict.fromkeys(by_lead["model"]))
@@ -1002,7 +1030,7 @@ def _compare_table(runs: list[ModelRun], lead: int) -> pd.DataFrame:
 
 def plot_model_comparison(path: Path, runs: list[ModelRun], lead: int, title: str) -> None:
     """One panel per metric (NSE, KGE, RMSE, bias %): bars per basin, one per model."""
-    plt = _pyplot()
+    plt = pyplot()
     table = _compare_table(runs, lead)
     models = list(dict.fromkeys(table["model"]))
     basins = list(dict.fromkeys(table["basin"]))
@@ -1030,7 +1058,7 @@ def plot_model_comparison(path: Path, runs: list[ModelRun], lead: int, title: st
 
 def plot_error_distribution(path: Path, runs: list[ModelRun], lead: int, title: str) -> None:
     """Errors (simulated − observed, mm/day) per model: box plots and histograms, all basins."""
-    plt = _pyplot()
+    plt = pyplot()
     errors = {}
     for run in runs:
         parts = []
@@ -1171,6 +1199,10 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
             "model %s: %s (%s, stage %s)", label, lm.path, lm.model_class, lm.ckpt.get("stage")
         )
     first = models[0]
+    # What the run did is the checkpoint's model, inputs, windows and periods, not run.config's.
+    saved = first.ckpt.get("config") or {}
+    config = {**config, **{k: saved[k] for k in MODEL_KEYS if k in saved}}
+    log.info("config of %s: %s", first.label, config_summary(config))
     if args.export_weights and first.model_class != "SCA2LSTM":
         raise UserError(
             f"--export_weights needs an SCA2LSTM checkpoint; {first.path} holds a "
@@ -1212,7 +1244,7 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
         len(models),
         device,
     )
-    batch_size = max(1024, config["BATCH_SIZE"])
+    batch_size = eval_batch_size(config["BATCH_SIZE"])
     runs = [run_model(lm, data, basins, start, end, device, batch_size) for lm in models]
     notes = [note for run in runs for note in coverage_notes(run, data, end)]
     for note in notes:
@@ -1228,12 +1260,19 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
             frame.insert(0, "data", "SYNTHETIC")
     log_operational(forecast)
     for _, row in metrics.iterrows():
+        seen = int(row["days_seen_in_training"])
         log.info(
-            "%s  %s %-28s %s",
+            "%s  %s %-28s %s%s",
             row["model"],
             row["basin"],
             str(row["gauge_name"])[:28],
             _score_line(row),
+            f"  [IN-SAMPLE: {seen} of the scored days trained this model]" if seen else "",
+        )
+    if (metrics["days_seen_in_training"] > 0).any():
+        log.warning(
+            "some scores are in-sample (column days_seen_in_training): those days trained the "
+            "model, so they overstate its skill; score the test period for an honest figure"
         )
 
     parent = output_root(config) / "predict"
@@ -1309,13 +1348,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """
     args = build_parser().parse_args(argv)
     config = load_config(
-        args.config, stage="predict", overrides=args.set, flags={"OUTPUT_DIR": args.output_dir}
+        args.config,
+        stage="predict",
+        overrides=args.set,
+        flags={"OUTPUT_DIR": args.output_dir, "NUM_THREADS": args.threads},
     )
     setup_logging()
+    ensure_writable(output_root(config), "the output folder")
     backlog = _Backlog()
     log.addHandler(backlog)
     try:
-        log.info("resolved config: %s", {k: config[k] for k in sorted(config)})
         log.info("model, inputs, scalers and mode come from the checkpoint; none is refitted")
         return predict(args, config, backlog)
     finally:

@@ -3,30 +3,32 @@ CAMELS-GB sample.
 
 Pretrained on the 5 default training basins, scored on the 7 unseen test basins and 75003 (the
 validation basin) over the test period 1998-2008; per basin and lead day, the NSE of each seed,
-their mean, persistence and the skill over it. Scenarios:
+their mean, persistence and the skill over it. Each scenario's settings are a recipe under
+``configs/``:
 
-- ``future``: PRED_LEN 7, all forcings known over the lead days (FUTURE_INPUTS null), 365-day
-  windows. Checks: lead 1 median NSE >= 0.85 and above persistence in every basin; every lead
-  above persistence in every basin; lead 7 at or above the simulate-mode zero-shot NSE
-  (``--simulate_reference``, the table of ``pretrain_quality.py --scenario zeroshot``).
-- ``horizon``: the same, once with uniform weights and once with ``--horizon_weights`` (default
-  favouring the first days); both tables and the per-lead medians side by side.
-- ``baseline``: FUTURE_INPUTS [] with PRED_LEN 1 and SEQ_LEN 3: ``pretrain_quality.py --scenario
-  forecast`` with its own defaults (only ``--epochs``, ``--data_dir``, ``--device`` and ``--set``
-  pass through); with ``--epochs 15`` it reproduces the median 0.708.
+- ``future`` (``configs/forecast_future.yaml``): PRED_LEN 7, all forcings known over the lead
+  days (FUTURE_INPUTS null), 365-day windows, the training of the zero-shot recipe. Checks: lead 1
+  median NSE >= 0.85 and above persistence in every basin; every lead above persistence in every
+  basin; the last lead at or above the simulate-mode zero-shot NSE (``--simulate_reference``, the
+  table of ``pretrain_quality.py --scenario zeroshot``).
+- ``horizon``: the same recipe, once with uniform weights and once with ``--horizon_weights``
+  (default favouring the first days); both tables and the per-lead medians side by side.
+- ``baseline`` (``configs/forecast.yaml``): FUTURE_INPUTS [] with PRED_LEN 1 and SEQ_LEN 3, the
+  recipe of ``pretrain_quality.py --scenario forecast``: reproduces its median 0.708.
 
 In a hindcast the observed forcings stand in for a weather forecast, so these scores are an upper
 bound of what a real forecast reaches.
 
 Usage::
 
-    python benchmarks/forecast_quality.py --scenario future --seeds 1 2 3 --epochs 40 \\
-        --samples_per_epoch 4096 --batch_size 64 --patience 10 --set EMA_DECAY=0.99
-    python benchmarks/forecast_quality.py --scenario horizon --seeds 1 2 3 --epochs 40 \\
-        --samples_per_epoch 4096 --batch_size 64 --patience 10 --set EMA_DECAY=0.99
-    python benchmarks/forecast_quality.py --scenario baseline --seeds 1 2 3 --epochs 15
+    python benchmarks/forecast_quality.py --scenario future --seeds 1 2 3
+    python benchmarks/forecast_quality.py --scenario horizon --seeds 1 2 3
+    python benchmarks/forecast_quality.py --scenario baseline --seeds 1 2 3
+    python benchmarks/forecast_quality.py --scenario future --seeds 1 --epochs 1 --seq_len 20 \\
+        --pred_len 3 --samples_per_epoch 128 --hidden 8 --embedding_dim 4   # a smoke test
 
-Writes ``<output>_<variant>.csv`` per variant (rows: basin and lead) and prints the checks, the
+The flags below change the recipe for one run (``--config`` swaps the recipe itself). Writes
+``<output>_<variant>.csv`` per variant (rows: basin and lead) and prints the checks, the
 commands it ran, the device and the wall time.
 """
 
@@ -41,64 +43,69 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import pretrain_quality  # noqa: E402
 
 import sca2lstm  # noqa: E402
 
+RECIPES = {
+    "future": ROOT / "configs" / "forecast_future.yaml",
+    "horizon": ROOT / "configs" / "forecast_future.yaml",
+    "baseline": ROOT / "configs" / "forecast.yaml",
+}
 FIRST_DAYS = "1.5,1.5,1.2,1.0,1.0,0.9,0.9"
-REFERENCE = "benchmarks/results/pretrain_zeroshot_365_clamp_ema.csv"
+REFERENCE = ROOT / "benchmarks" / "results" / "pretrain_zeroshot_365_clamp_ema.csv"
+# benchmark flag -> (sca2lstm.py flag, or None for --set KEY=VALUE, run.config key)
+OVERRIDES = {**pretrain_quality.OVERRIDES, "pred_len": ("--pred_len", "PRED_LEN")}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenario", choices=("future", "horizon", "baseline"), required=True)
+    p.add_argument("--scenario", choices=tuple(RECIPES), required=True)
+    p.add_argument("--config", help="recipe to train with (default: the scenario's, see above)")
     p.add_argument("--data_dir", default=os.environ.get("CAMELS_GB_DIR", "../shared/camels_gb"))
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--seq_len", type=int, default=365, help="future and horizon scenarios")
-    p.add_argument("--pred_len", type=int, default=7, help="future and horizon scenarios")
-    p.add_argument("--horizon_weights", default=FIRST_DAYS, help="horizon scenario")
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--learning_rate", type=float, default=1e-3)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--num_layers", type=int, default=1)
-    p.add_argument("--embedding_dim", type=int, default=32)
-    p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--samples_per_epoch", type=int, default=4096)
-    p.add_argument("--patience", type=int, default=10)
+    for name, (_, key) in OVERRIDES.items():
+        kind = float if key in ("LR", "DROPOUT") else int
+        p.add_argument(f"--{name}", type=kind, help=f"{key} (default: the recipe's)")
+    p.add_argument(
+        "--horizon_weights", default=FIRST_DAYS, help="horizon scenario: weights of its 2nd run"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any other run.config key for sca2lstm.py, e.g. --set EMA_DECAY=0.99",
+        help="any other run.config key for sca2lstm.py, e.g. --set STATIC_CLAMP=null",
     )
-    p.add_argument("--simulate_reference", default=REFERENCE, help="zero-shot simulate table")
+    p.add_argument("--simulate_reference", default=str(REFERENCE), help="zero-shot simulate table")
     p.add_argument("--output", default="benchmarks/results/forecast_quality")
     return p
 
 
+def scenario_args(a: argparse.Namespace) -> list[str]:
+    """The sca2lstm.py arguments of the scenario: its recipe and the flags given here."""
+    recipe = Path(a.config) if a.config else RECIPES[a.scenario]
+    args = ["--config", str(recipe), "--data_dir", a.data_dir, "--device", a.device]
+    for name, (flag, key) in OVERRIDES.items():
+        value = getattr(a, name)
+        if value is not None:
+            args += [flag, str(value)] if flag else ["--set", f"{key}={value}"]
+    return [*args, *[arg for kv in a.set for arg in ("--set", kv)]]
+
+
 def variants(a: argparse.Namespace) -> dict[str, list[str]]:
     """Variant name -> sca2lstm.py arguments (without seed and folders)."""
+    args = scenario_args(a)
     if a.scenario == "baseline":
-        # pretrain_quality.py --scenario forecast with its own defaults (SEQ_LEN 3, PRED_LEN 1,
-        # FUTURE_INPUTS [], batch 256): only epochs, data, device and --set come from here.
-        sets = [arg for kv in a.set for arg in ("--set", kv)]
-        base = pretrain_quality.build_parser().parse_args(
-            ["--scenario", "forecast", "--epochs", str(a.epochs), "--data_dir", a.data_dir,
-             "--device", a.device, *sets]
-        )  # fmt: skip
-        return {"baseline": pretrain_quality.scenario_args(base)}
-    common = pretrain_quality.common_args(a)
-    future = [*common, "--mode", "forecast", "--seq_len", str(a.seq_len),
-              "--pred_len", str(a.pred_len), "--set", "FUTURE_INPUTS=null"]  # fmt: skip
-    out = {"uniform": future}
+        return {"baseline": args}
+    out = {"uniform": args}
     if a.scenario == "horizon":
-        out["weighted"] = [*future, "--horizon_weights", a.horizon_weights]
+        out["weighted"] = [*args, "--horizon_weights", a.horizon_weights]
     return out
 
 

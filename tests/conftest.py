@@ -15,6 +15,10 @@ import pytest
 import hydrologyDataset as hd
 from utils import UserError, load_config
 
+# The demo-data fixtures (demo_dir, demo_workdir, pretrained_forecast, pretrained_simulate),
+# one instance per session for every test module.
+pytest_plugins = ["demo_fixtures"]
+
 SAMPLE_BASINS = (
     "10002", "10003", "22001", "22006", "32006", "39025",
     "42003", "45003", "51001", "54017", "75003", "79005",
@@ -26,7 +30,10 @@ def camels_gb_dir() -> Path:
     """The real CAMELS-GB sample folder (official layout)."""
     value = os.environ.get("CAMELS_GB_DIR")
     if not value:
-        pytest.skip("CAMELS_GB_DIR is not set; real-data tests need the CAMELS-GB sample")
+        pytest.skip(
+            "CAMELS_GB_DIR is not set: these tests need the 12-catchment CAMELS-GB sample (CI sets "
+            "it); tests/test_real_fixture.py covers the real-data path on the bundled fixture"
+        )
     path = Path(value).expanduser().resolve()  # tests symlink to it from other folders
     if not path.is_dir():
         pytest.fail(f"CAMELS_GB_DIR={value} is set but is not a readable folder")
