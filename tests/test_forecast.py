@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,7 @@ from utils import (
     predict_windows,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLOSE = {"rel": 1e-4, "abs": 1e-4}  # predictions.csv holds 6 significant digits
 
@@ -431,6 +434,20 @@ def test_bad_lead_is_a_user_error(lead, model, needle, demo_dir, demo_workdir, r
         predict.main(
             predict_args(demo_dir, demo_workdir, out, "--model", str(ckpt), "--lead", lead)
         )
+    assert not out.exists()
+
+
+def test_bad_lead_cli_exits_2_without_traceback(
+    demo_dir, demo_workdir, pretrained_future, tmp_path
+):
+    out = tmp_path / "out"
+    args = predict_args(demo_dir, demo_workdir, out, "--model", str(pretrained_future))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "predict.py"), *args, "--lead", "4"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and "beyond PRED_LEN 3" in proc.stderr
     assert not out.exists()
 
 

@@ -406,7 +406,6 @@ def bad_cases(tmp_path: Path, ckpt: Path) -> dict[str, tuple[list[str], str]]:
             [*one, "--start", "2030-01-01", "--end", "2030-12-31"],
             "outside",
         ),
-        "lead beyond PRED_LEN": ([*one, "--lead", "2"], "beyond PRED_LEN 1"),
     }
 
 
@@ -418,7 +417,6 @@ BAD = [
     "unparseable date",
     "no full input window",
     "range outside the data",
-    "lead beyond PRED_LEN",
 ]
 
 
