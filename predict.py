@@ -63,6 +63,7 @@ from utils import (
     MODEL_KEYS,
     ROOT,
     HelpFormatter,
+    InferenceSettings,
     UserError,
     add_common_args,
     basin_metrics_table,
@@ -74,6 +75,7 @@ from utils import (
     load_checkpoint,
     load_config,
     log,
+    log_device,
     make_run_dir,
     mm_per_day_to_m3s,
     output_root,
@@ -334,6 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log_scale", action="store_true", help="log axes on the scatter plot")
     parser.add_argument("--demo", action="store_true", help="use the synthetic demo dataset")
+    parser.add_argument(
+        "--compile", action="store_true", help="USE_COMPILE on: torch.compile the model (CUDA)"
+    )
+    parser.add_argument(
+        "--mixed_precision",
+        action="store_true",
+        help="MIXED_PRECISION on: predict under bf16/fp16 autocast (CUDA)",
+    )
     add_common_args(parser)
     show_config_defaults(parser, "predict")
     return parser
@@ -451,10 +461,12 @@ def run_model(
     end: np.datetime64,
     device: torch.device,
     batch_size: int,
+    inference: InferenceSettings | None = None,
 ) -> ModelRun:
     """Predict with one model and score each basin in physical units."""
     windows = build_windows(lm, data, basins, start, end, device)
-    pred = predict_windows(lm.model, windows, batch_size=batch_size)  # [S, n_out] scaled
+    # [S, n_out] scaled
+    pred = predict_windows(lm.model, windows, batch_size=batch_size, inference=inference)
     series = series_by_basin(windows, pred)
     groups = basin_groups(lm.ckpt)
     with warnings.catch_warnings():
@@ -864,6 +876,8 @@ def _publish(tmp: Path, parent: Path) -> Path:
 def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
     """Everything after the arguments: check all input, predict, then write the run folder."""
     device = resolve_device(args.device, config=config)
+    log_device(device)
+    inference = InferenceSettings.from_config(config, device)
     paths = [resolve_checkpoint(args.model, "--model")]
     paths += [resolve_checkpoint([p], "--compare") for p in args.compare or []]
     models = [load_model(p, device) for p in paths]
@@ -909,7 +923,7 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
         device,
     )
     batch_size = eval_batch_size(config["BATCH_SIZE"])
-    runs = [run_model(lm, data, basins, start, end, device, batch_size) for lm in models]
+    runs = [run_model(lm, data, basins, start, end, device, batch_size, inference) for lm in models]
     notes = [note for run in runs for note in coverage_notes(run, data, end)]
     for note in notes:
         log.info("note: %s", note)
@@ -999,12 +1013,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
         files used, first the --model one) and ``notes``.
     """
     args = build_parser().parse_args(argv)
-    config = load_config(
-        args.config,
-        stage="predict",
-        overrides=args.set,
-        flags={"OUTPUT_DIR": args.output_dir, "NUM_THREADS": args.threads},
-    )
+    flags = {
+        "OUTPUT_DIR": args.output_dir,
+        "NUM_THREADS": args.threads,
+        "USE_COMPILE": True if args.compile else None,
+        "MIXED_PRECISION": True if args.mixed_precision else None,
+    }
+    config = load_config(args.config, stage="predict", overrides=args.set, flags=flags)
     setup_logging()
     ensure_writable(output_root(config), "the output folder")
     backlog = _Backlog()

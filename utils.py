@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import logging
 import math
 import os
+import platform
 import random
 import re
 import sys
@@ -25,8 +27,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import yaml
+try:
+    import numpy as np
+    import yaml
+except ModuleNotFoundError as _missing:
+    if __name__ != "__main__":
+        raise
+    # `python utils.py --check_env` in an environment that lacks even these two.
+    _dist = {"yaml": "PyYAML"}.get(_missing.name, _missing.name)
+    sys.exit(
+        f"error: the toolkit cannot run: {_dist} is missing, install it with pip install {_dist}"
+    )
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CONFIG = ROOT / "run.config"
@@ -479,7 +490,8 @@ def period(config: dict, name: str) -> tuple[np.datetime64, np.datetime64]:
 def add_common_args(
     parser: argparse.ArgumentParser, device: bool = True, output_dir: bool = True
 ) -> None:
-    """Add the flags every stage shares: --config, --set, --data_dir, --output_dir, --device."""
+    """Add the flags every stage shares: --config, --set, --data_dir, --output_dir, --device and
+    --check_env (the environment report, which exits before anything else runs)."""
     group = parser.add_argument_group("configuration")
     group.add_argument(
         "--config", help="YAML file laid over run.config (same keys, may be partial)"
@@ -509,6 +521,7 @@ def add_common_args(
             metavar="N",
             help="PyTorch CPU threads of this process (NUM_THREADS; 0: PyTorch's default)",
         )
+    group.add_argument("--check_env", action=CheckEnvAction)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -1022,6 +1035,290 @@ def resolve_device(name: str = "auto", no_cuda: bool = False, config: dict | Non
     if name != "cpu":
         raise UserError(f"--device {name!r} is not known; use auto, cpu, cuda or cuda:N")
     return torch.device("cpu")
+
+
+def describe_device(device) -> str:
+    """The device in one line: GPU name, memory and compute capability on CUDA; CPU cores and the
+    threads torch uses otherwise."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return (
+            f"device {device}: {props.name}, {props.total_memory / 2**30:.1f} GiB, compute "
+            f"capability {props.major}.{props.minor} (torch {torch.__version__}, CUDA "
+            f"{torch.version.cuda})"
+        )
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (
+        f"device cpu: {os.cpu_count()} cores ({usable} usable), {torch.get_num_threads()} torch "
+        f"threads, {platform.machine()} (torch {torch.__version__})"
+    )
+
+
+def log_device(device) -> None:
+    """Log :func:`describe_device` once, at the start of a training or prediction run."""
+    log.info("%s", describe_device(device))
+
+
+# --------------------------------------------------------------------------- environment check
+
+# (import name, distribution) of the runtime dependencies (requirements.txt) and of the optional
+# packages that the tests (HydroErr, pytest) and benchmarks (neuralhydrology, scipy) use.
+REQUIRED_PACKAGES = (
+    ("torch", "torch"),
+    ("numpy", "numpy"),
+    ("pandas", "pandas"),
+    ("yaml", "PyYAML"),
+    ("tqdm", "tqdm"),
+    ("matplotlib", "matplotlib"),
+    ("pyswarms", "pyswarms"),
+)
+OPTIONAL_PACKAGES = (
+    ("scipy", "scipy"),
+    ("optuna", "optuna"),
+    ("HydroErr", "HydroErr"),
+    ("neuralhydrology", "neuralhydrology"),
+    ("pytest", "pytest"),
+)
+
+
+def _pip_requirement(distribution: str) -> str:
+    """The requirement line of ``distribution`` in requirements*.txt, else its bare name."""
+    for path in sorted(ROOT.glob("requirements*.txt")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.split("#")[0].strip()
+            name = line.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip()
+            if name.lower() == distribution.lower():
+                return line
+    return distribution
+
+
+def package_status(module: str, distribution: str) -> dict[str, Any]:
+    """Import ``module`` and return its version, or why it cannot be imported.
+
+    Returns
+    -------
+    dict
+        ``module``, ``distribution``, ``version`` (None when the import fails), ``error`` (None
+        when it works) and ``install``, the pip command that installs it.
+    """
+    import importlib
+    import importlib.metadata
+    from unittest import mock
+
+    status = {"module": module, "distribution": distribution, "version": None, "error": None}
+    status["install"] = f"pip install '{_pip_requirement(distribution)}'"
+    try:
+        # pyswarms reconfigures logging on import (see pso_lstm._contained_pyswarms_logging).
+        with mock.patch("logging.config.dictConfig"):
+            imported = importlib.import_module(module)
+    except Exception as err:  # noqa: BLE001 - a broken install raises more than ImportError
+        status["error"] = f"{type(err).__name__}: {err}"
+        return status
+    try:
+        status["version"] = importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        status["version"] = str(getattr(imported, "__version__", "unknown"))
+    return status
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_lstm_supported() -> bool:
+    """Whether an LSTM runs on this CPU under ``torch.autocast("cpu", dtype=torch.bfloat16)``.
+
+    Probed by running a tiny ``nn.LSTM`` forward and backward: oneDNN on a CPU without AVX-512
+    raises "could not create a primitive descriptor for the LSTM forward propagation primitive",
+    which no CPU flag predicts reliably. The answer is cached for the process.
+    """
+    import torch
+
+    lstm = torch.nn.LSTM(3, 4, batch_first=True)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = lstm(torch.randn(2, 5, 3))
+        out.float().sum().backward()
+    except RuntimeError as err:
+        log.debug("CPU bf16 LSTM probe failed: %s", err)
+        return False
+    return True
+
+
+def _gpu_driver() -> str | None:
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip().splitlines()[0] if done.stdout.strip() else None
+
+
+def _torch_report() -> dict[str, Any]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    gpus = []
+    for index in range(torch.cuda.device_count() if cuda else 0):
+        props = torch.cuda.get_device_properties(index)
+        gpus.append(
+            {
+                "index": index,
+                "name": props.name,
+                "memory_gib": round(props.total_memory / 2**30, 1),
+                "compute_capability": f"{props.major}.{props.minor}",
+            }
+        )
+    return {
+        "torch": torch.__version__,
+        "cuda_available": cuda,
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version()
+        if torch.backends.cudnn.is_available()
+        else None,
+        "gpu_count": len(gpus),
+        "gpus": gpus,
+        "gpu_driver": _gpu_driver() if cuda else None,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16_lstm": cpu_bf16_lstm_supported(),
+    }
+
+
+def environment_report() -> dict[str, Any]:
+    """What the toolkit runs on: Python, PyTorch, CUDA and its GPUs, the CPU, the dependencies.
+
+    Returns
+    -------
+    dict
+        ``python``, ``platform``, ``cpu_cores``, ``cpu_usable``; from torch (None when torch
+        cannot be imported): ``torch``, ``cuda_available``, ``cuda_version``, ``cudnn_version``,
+        ``gpu_count``, ``gpus`` (name, memory_gib, compute_capability each), ``gpu_driver``,
+        ``torch_threads``, ``cpu_capability``, ``cpu_bf16_lstm``; ``required`` and ``optional``
+        (lists of :func:`package_status`), and ``missing``, the required ones that fail.
+    """
+    required = [package_status(m, d) for m, d in REQUIRED_PACKAGES]
+    report: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "cpu_cores": os.cpu_count(),
+        "cpu_usable": (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        ),
+        "required": required,
+        "optional": [package_status(m, d) for m, d in OPTIONAL_PACKAGES],
+        "missing": [s for s in required if s["error"]],
+    }
+    torch_keys = ("torch", "cuda_available", "cuda_version", "cudnn_version", "gpu_count")
+    torch_keys += ("gpus", "gpu_driver", "torch_threads", "cpu_capability", "cpu_bf16_lstm")
+    report.update(dict.fromkeys(torch_keys))
+    if required[0]["error"] is None:
+        report.update(_torch_report())
+    return report
+
+
+def format_environment(report: dict[str, Any]) -> str:
+    """The report of :func:`environment_report` as aligned text, one item per line."""
+
+    def show(value: Any) -> str:
+        if value is None or value == []:
+            return "none"
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        return str(value)
+
+    rows = [("Python", report["python"]), ("platform", report["platform"])]
+    torch_rows = [
+        ("PyTorch", report["torch"]),
+        ("CUDA available", show(report["cuda_available"])),
+        ("CUDA version", show(report["cuda_version"])),
+        ("cuDNN version", show(report["cudnn_version"])),
+        ("GPU count", show(report["gpu_count"])),
+    ]
+    torch_rows += [
+        (
+            "GPU",
+            f"{g['index']}: {g['name']}, {g['memory_gib']} GiB, compute capability "
+            f"{g['compute_capability']}",
+        )
+        for g in report["gpus"] or []
+    ] or [("GPU", "none")]
+    bf16 = "supported" if report["cpu_bf16_lstm"] else "not supported (fp32 is used instead)"
+    torch_rows += [
+        ("GPU driver", show(report["gpu_driver"])),
+        ("CPU cores", f"{report['cpu_cores']} ({report['cpu_usable']} usable)"),
+        ("torch threads", show(report["torch_threads"])),
+        ("CPU capability", show(report["cpu_capability"])),
+        ("CPU bf16 LSTM kernels", bf16),
+    ]
+    if report["torch"] is None:
+        unknown = "unknown (torch cannot be imported)"
+        torch_rows = [
+            (name, value if name == "CPU cores" else unknown) for name, value in torch_rows
+        ]
+    rows += torch_rows
+    for kind in ("required", "optional"):
+        rows.append((f"{kind} packages:", ""))
+        for s in report[kind]:
+            if s["error"] is None:
+                value = s["version"]
+            elif kind == "required":
+                value = f"MISSING ({s['error']}); install: {s['install']}"
+            else:
+                value = f"not available (optional; {s['error']}); install: {s['install']}"
+            rows.append((f"  {s['distribution']}", value))
+    width = max(len(name) for name, _ in rows) + 2
+    lines = [f"{name:<{width}}{value}".rstrip() for name, value in rows]
+    if report["missing"]:
+        names = ", ".join(s["distribution"] for s in report["missing"])
+        lines.append(f"result: NOT ready, missing {names}")
+    else:
+        lines.append("result: ready")
+    return "\n".join(lines) + "\n"
+
+
+def missing_message(report: dict[str, Any]) -> str:
+    """One line naming each missing required package and the command that installs it."""
+    return "the toolkit cannot run: " + "; ".join(
+        f"{s['distribution']} is missing ({s['error']}), install it with {s['install']}"
+        for s in report["missing"]
+    )
+
+
+def check_environment() -> int:
+    """Print the environment report; return the exit code (0 ready, 1 a package is missing)."""
+    report = environment_report()
+    sys.stdout.write(format_environment(report))
+    sys.stdout.flush()
+    if report["missing"]:
+        print(f"error: {missing_message(report)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class CheckEnvAction(argparse.Action):
+    """``--check_env``: print the environment report and exit, before anything else runs."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        kwargs.setdefault(
+            "help",
+            "print PyTorch, CUDA, GPU, CPU and package versions and exit "
+            "(0 when the toolkit can run)",
+        )
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.exit(check_environment())
 
 
 # --------------------------------------------------------------------------- metrics
@@ -1642,8 +1939,44 @@ def eval_batch_size(batch_size: int) -> int:
     return max(EVAL_BATCH, int(batch_size))
 
 
-def predict_windows(model, windows, batch_size: int = EVAL_BATCH, return_weights: bool = False):
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How prediction runs the model: USE_COMPILE, BACKEND and MIXED_PRECISION, as in training."""
+
+    mixed_precision: bool = False
+    compile: bool = False
+    backend: str = "inductor"
+
+    @classmethod
+    def from_config(cls, config: dict, device) -> InferenceSettings:
+        """The config's options on CUDA; on a CPU, say once that they do not apply."""
+        cuda = getattr(device, "type", str(device)) == "cuda"
+        if not cuda:
+            for key in ("USE_COMPILE", "MIXED_PRECISION"):
+                if config[key]:
+                    log.info(
+                        "%s is on but applies to CUDA devices only; predicting on %s without it",
+                        key,
+                        device,
+                    )
+        return cls(
+            mixed_precision=config["MIXED_PRECISION"] and cuda,
+            compile=config["USE_COMPILE"] and cuda,
+            backend=config["BACKEND"],
+        )
+
+
+def predict_windows(
+    model,
+    windows,
+    batch_size: int = EVAL_BATCH,
+    return_weights: bool = False,
+    inference: InferenceSettings | None = None,
+):
     """Run ``model`` over every sample of ``windows`` in order.
+
+    ``inference`` compiles the model (``torch.compile``) and runs it under the autocast of
+    training; by default it runs as it is, in fp32.
 
     Returns
     -------
@@ -1654,16 +1987,18 @@ def predict_windows(model, windows, batch_size: int = EVAL_BATCH, return_weights
     import torch
 
     model.eval()
+    inference = inference or InferenceSettings()
+    step = torch.compile(model, backend=inference.backend) if inference.compile else model
     preds, weights = [], []
-    with torch.no_grad():
+    with torch.no_grad(), _autocast(windows.device, inference.mixed_precision):
         for batch in windows.iter_batches(batch_size, shuffle=False):
             if return_weights:
-                out, w = model(
+                out, w = step(
                     batch["x"], batch["static"], return_weights=True, n_last=batch["y"].shape[1]
                 )
                 weights.append(w.float().cpu().numpy())
             else:
-                out = model(batch["x"], batch["static"], n_last=batch["y"].shape[1])
+                out = step(batch["x"], batch["static"], n_last=batch["y"].shape[1])
             preds.append(out.float().cpu().numpy())
     n_out = windows.spec.n_out
     pred = np.concatenate(preds) if preds else np.zeros((0, n_out), np.float32)
@@ -1971,9 +2306,15 @@ def evaluate(model, val, batch_size: int) -> tuple[float, float]:
 
 
 def _log_epoch(record: dict, epochs: int, is_best: bool) -> None:
+    gpu_mem = ""
+    if "gpu_mem_allocated_mb" in record:  # on CUDA: the epoch's peaks, as in history.csv
+        gpu_mem = (
+            f"  GPU memory {record['gpu_mem_allocated_mb']:.0f} MiB allocated, "
+            f"{record['gpu_mem_reserved_mb']:.0f} MiB reserved"
+        )
     log.info(
         "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_NSE %.4f  lr %.2e  %.1f s  "
-        "%.0f samples/s%s",
+        "%.0f samples/s%s%s",
         record["epoch"],
         epochs,
         record["train_loss"],
@@ -1982,6 +2323,7 @@ def _log_epoch(record: dict, epochs: int, is_best: bool) -> None:
         record["lr"],
         record["seconds"],
         record["samples_per_s"],
+        gpu_mem,
         "  *best*" if is_best else "",
     )
 
@@ -2050,3 +2392,12 @@ def fit(
     if not t.history:
         raise UserError("no epoch left to train: the run had already finished (raise --epochs)")
     return FitResult(t.best_state, t.best_epoch, t.best_score, t.history, stopped_early)
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(
+        description="Shared pieces of the toolkit; run directly, it checks the environment."
+    )
+    _parser.add_argument("--check_env", action=CheckEnvAction)
+    _parser.parse_args()
+    _parser.print_help()
