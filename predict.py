@@ -12,6 +12,8 @@ Usage::
         --end 2000-12-31 --export_weights
     python predict.py --model model_output/sca2lstm.pth --basin 22001 \\
         --compare "model_output/pso_lstm/basin_22001/*/best_model_basin_22001.pth"
+    python predict.py --model model_output/sca2lstm.pth --basins all --device cuda --compile \\
+        --mixed_precision                     # compiled bf16 inference, as in training
 
 Outputs, in a new run folder ``<OUTPUT_DIR>/predict/<YYYYmmdd_HHMMSS>/`` (built in a hidden
 temporary folder and renamed at the end, so a failed run leaves no folder behind):
