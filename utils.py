@@ -1164,6 +1164,14 @@ def _gpu_driver() -> str | None:
     return done.stdout.strip().splitlines()[0] if done.stdout.strip() else None
 
 
+def _configured_threads() -> int | None:
+    """NUM_THREADS of run.config (the threads every script sets), None when it cannot be read."""
+    try:
+        return load_config()["NUM_THREADS"]
+    except (UserError, OSError):
+        return None
+
+
 def _torch_report() -> dict[str, Any]:
     import torch
 
@@ -1189,7 +1197,8 @@ def _torch_report() -> dict[str, Any]:
         "gpu_count": len(gpus),
         "gpus": gpus,
         "gpu_driver": _gpu_driver() if cuda else None,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": _configured_threads() or torch.get_num_threads(),
+        "torch_default_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_bf16_lstm": cpu_bf16_lstm_supported(),
     }
@@ -1204,7 +1213,8 @@ def environment_report() -> dict[str, Any]:
         ``python``, ``platform``, ``cpu_cores``, ``cpu_usable``; from torch (None when torch
         cannot be imported): ``torch``, ``cuda_available``, ``cuda_version``, ``cudnn_version``,
         ``gpu_count``, ``gpus`` (name, memory_gib, compute_capability each), ``gpu_driver``,
-        ``torch_threads``, ``cpu_capability``, ``cpu_bf16_lstm``; ``required`` and ``optional``
+        ``torch_threads`` (NUM_THREADS, else PyTorch's default), ``torch_default_threads``,
+        ``cpu_capability``, ``cpu_bf16_lstm``; ``required`` and ``optional``
         (lists of :func:`package_status`), and ``missing``, the required ones that fail.
     """
     required = [package_status(m, d) for m, d in REQUIRED_PACKAGES]
@@ -1220,7 +1230,8 @@ def environment_report() -> dict[str, Any]:
         "missing": [s for s in required if s["error"]],
     }
     torch_keys = ("torch", "cuda_available", "cuda_version", "cudnn_version", "gpu_count")
-    torch_keys += ("gpus", "gpu_driver", "torch_threads", "cpu_capability", "cpu_bf16_lstm")
+    torch_keys += ("gpus", "gpu_driver", "torch_threads", "torch_default_threads")
+    torch_keys += ("cpu_capability", "cpu_bf16_lstm")
     report.update(dict.fromkeys(torch_keys))
     if required[0]["error"] is None:
         report.update(_torch_report())
@@ -1257,7 +1268,11 @@ def format_environment(report: dict[str, Any]) -> str:
     torch_rows += [
         ("GPU driver", show(report["gpu_driver"])),
         ("CPU cores", f"{report['cpu_cores']} ({report['cpu_usable']} usable)"),
-        ("torch threads", show(report["torch_threads"])),
+        (
+            "torch threads",
+            f"{show(report['torch_threads'])} (NUM_THREADS of run.config, else PyTorch's "
+            f"default, here {show(report['torch_default_threads'])})",
+        ),
         ("CPU capability", show(report["cpu_capability"])),
         ("CPU bf16 LSTM kernels", bf16),
     ]

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from demo_fixtures import demo_args, demo_dir, demo_workdir, pretrained_forecast
+from demo_fixtures import demo_args
 
 import data_process
 import predict
@@ -29,8 +29,6 @@ from utils import (
     load_config,
     predict_windows,
 )
-
-__all__ = ["demo_dir", "demo_workdir", "pretrained_forecast"]
 
 REPO = Path(__file__).resolve().parents[1]
 ITEMS = (
@@ -87,7 +85,8 @@ def test_environment_report_names_every_item_and_gpu_items_as_none(capsys):
         assert re.match(r"\d+\.\d+", item(text, name)), name  # a version, not MISSING
     assert item(text, "PyTorch") == torch.__version__
     assert item(text, "CPU cores").startswith(f"{os.cpu_count()} (")
-    assert item(text, "torch threads") == str(torch.get_num_threads())
+    threads = load_config()["NUM_THREADS"] or torch.get_num_threads()
+    assert item(text, "torch threads").startswith(f"{threads} (NUM_THREADS")
     bf16 = item(text, "CPU bf16 LSTM kernels")
     assert bf16.startswith("supported" if cpu_bf16_lstm_supported() else "not supported")
     assert text.rstrip().endswith("result: ready")
@@ -205,7 +204,7 @@ def test_device_line_names_cpu_cores_and_threads():
     assert f"{torch.get_num_threads()} torch threads" in line
 
 
-def test_training_log_states_the_device_once(demo_dir, tmp_path, sca2lstm_log):  # noqa: F811
+def test_training_log_states_the_device_once(demo_dir, tmp_path, sca2lstm_log):
     result = sca2lstm.main(
         demo_args(
             demo_dir, tmp_path, "--dry-run", "--device", "cpu",
@@ -223,7 +222,7 @@ def test_prediction_log_states_the_device_and_cpu_notes_once(
     demo_dir,
     demo_workdir,
     pretrained_forecast,
-    tmp_path,  # noqa: F811
+    tmp_path,
 ):
     out = tmp_path / "out"
     args = demo_args(demo_dir, demo_workdir / "forecast", "--output_dir", str(out))
@@ -241,7 +240,7 @@ def test_prediction_log_states_the_device_and_cpu_notes_once(
     pd.testing.assert_frame_equal(result["predictions"], plain["predictions"])
 
 
-def test_predict_flags_reach_the_config(demo_dir, demo_workdir, pretrained_forecast, tmp_path):  # noqa: F811
+def test_predict_flags_reach_the_config(demo_dir, demo_workdir, pretrained_forecast, tmp_path):
     args = demo_args(demo_dir, demo_workdir / "forecast", "--output_dir", str(tmp_path))
     args += ["--device", "cpu", "--model", str(pretrained_forecast), "--basin", "22001"]
     args += ["--start", "2000-01-01", "--end", "2000-01-31", "--no_plots"]
@@ -254,7 +253,7 @@ def test_predict_flags_reach_the_config(demo_dir, demo_workdir, pretrained_forec
 # --------------------------------------------------------------------------- inference options
 
 
-def _windows(demo_dir, workdir, checkpoint, device):  # noqa: F811
+def _windows(demo_dir, workdir, checkpoint, device):
     lm = predict.load_model(checkpoint, device)
     config = load_config(stage="predict", overrides=[f"INPUT_DIR={workdir / 'model_input_data'}"])
     config = {**config, "DYNAMIC_INPUTS": list(lm.spec.dynamic_inputs), "TARGET": lm.spec.target}
@@ -265,7 +264,7 @@ def _windows(demo_dir, workdir, checkpoint, device):  # noqa: F811
 
 def test_compiled_inference_gives_the_plain_predictions(
     demo_dir, demo_workdir, pretrained_forecast
-):  # noqa: F811
+):
     lm, windows = _windows(
         demo_dir, demo_workdir / "forecast", pretrained_forecast, torch.device("cpu")
     )
@@ -305,7 +304,7 @@ def test_cuda_device_line_and_report_name_the_gpu():
 def test_mixed_precision_and_compiled_inference_on_cuda_match_fp32(
     demo_dir,
     demo_workdir,
-    pretrained_forecast,  # noqa: F811
+    pretrained_forecast,
 ):
     lm, windows = _windows(
         demo_dir, demo_workdir / "forecast", pretrained_forecast, torch.device("cuda")
@@ -321,7 +320,7 @@ def test_mixed_precision_and_compiled_inference_on_cuda_match_fp32(
 
 
 @pytest.mark.cuda
-def test_epoch_log_line_shows_gpu_memory_on_cuda(demo_dir, tmp_path, sca2lstm_log):  # noqa: F811
+def test_epoch_log_line_shows_gpu_memory_on_cuda(demo_dir, tmp_path, sca2lstm_log):
     result = sca2lstm.main(
         demo_args(
             demo_dir, tmp_path, "--dry-run", "--device", "cuda",

@@ -30,8 +30,9 @@ FILES = {
 
 def test_quality_epochs_fill_the_budget_within_their_bounds():
     sizes = replace(gpu_check.GPU, samples_per_epoch=1000, overhead_s=10.0, max_epochs=50)
-    # an epoch counts 1.5 × 1000 / 100 = 15 s; (160 - 10) / 15 = 10 epochs
-    assert gpu_check.quality_epochs(160, sizes, rate=100.0) == 10
+    # an epoch counts 2 × 1000 / 100 + 0.5 = 20.5 s; (215 - 10) / 20.5 = 10 epochs
+    assert gpu_check.quality_epochs(215, sizes, rate=100.0) == 10
+    assert gpu_check.quality_epochs(214, sizes, rate=100.0) == 9
     assert gpu_check.quality_epochs(5, sizes, rate=100.0) == 1
     assert gpu_check.quality_epochs(10_000, sizes, rate=100.0) == 50
 
