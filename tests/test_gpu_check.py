@@ -147,3 +147,21 @@ def test_without_out_the_check_refuses_to_start(tmp_path):
         timeout=60,
     )
     assert done.returncode != 0 and "OUT" in done.stderr
+
+
+@pytest.mark.slow
+def test_without_the_data_sample_the_data_steps_say_why_and_the_rest_runs(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--out", str(out),
+         "--data_dir", str(tmp_path / "no_sample"), "--deadline", "200"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    steps = {s["name"]: s for s in json.loads((out / "summary.json").read_text())["steps"]}
+    for name in ("train_throughput", "quality all12", "quality zeroshot"):
+        assert steps[name]["status"] == "skipped"
+        assert ".gpu_data/camels_gb" in steps[name]["note"]
+    assert steps["environment"]["status"] == steps["memory"]["status"] == "ok"
+    assert not (out / "train_throughput.csv").exists() and (out / "memory.csv").is_file()
