@@ -63,6 +63,7 @@ from utils import (
     load_checkpoint,
     load_config,
     log,
+    log_device,
     make_run_dir,
     output_root,
     parse_horizon_weights,
@@ -538,6 +539,7 @@ def fine_tune(job: FineTuneJob, run_dir: Path) -> dict:
     basin, config, model, spec, split = job.basin, job.config, job.model, job.spec, job.split
     b = job.data.basins[basin]
     log.info("run folder %s", run_dir)
+    log_device(job.device)
     write_yaml(run_dir / "config.yaml", config)
     log.info("config: %s (every key: config.yaml)", config_summary(config))
     write_json(run_dir / "feature_classification.json", spec.feature_classification())

@@ -12,6 +12,8 @@ Usage::
         --end 2000-12-31 --export_weights
     python predict.py --model model_output/sca2lstm.pth --basin 22001 \\
         --compare "model_output/pso_lstm/basin_22001/*/best_model_basin_22001.pth"
+    python predict.py --model model_output/sca2lstm.pth --basins all --device cuda --compile \\
+        --mixed_precision                     # compiled bf16 inference, as in training
 
 Outputs, in a new run folder ``<OUTPUT_DIR>/predict/<YYYYmmdd_HHMMSS>/`` (built in a hidden
 temporary folder and renamed at the end, so a failed run leaves no folder behind):
@@ -70,6 +72,7 @@ from utils import (
     MODEL_KEYS,
     ROOT,
     HelpFormatter,
+    InferenceSettings,
     UserError,
     add_common_args,
     basin_metrics_table,
@@ -82,6 +85,7 @@ from utils import (
     load_checkpoint,
     load_config,
     log,
+    log_device,
     make_run_dir,
     mm_per_day_to_m3s,
     output_root,
@@ -356,6 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log_scale", action="store_true", help="log axes on the scatter plot")
     parser.add_argument("--demo", action="store_true", help="use the synthetic demo dataset")
+    parser.add_argument(
+        "--compile", action="store_true", help="USE_COMPILE on: torch.compile the model (CUDA)"
+    )
+    parser.add_argument(
+        "--mixed_precision",
+        action="store_true",
+        help="MIXED_PRECISION on: predict under bf16/fp16 autocast (CUDA)",
+    )
     add_common_args(parser)
     show_config_defaults(parser, "predict")
     return parser
@@ -482,10 +494,12 @@ def run_model(
     end: np.datetime64,
     device: torch.device,
     batch_size: int,
+    inference: InferenceSettings | None = None,
 ) -> ModelRun:
     """Predict with one model and score each basin in physical units."""
     windows = build_windows(lm, data, basins, start, end, device)
-    pred = predict_windows(lm.model, windows, batch_size=batch_size)  # [S, n_out] scaled
+    # [S, n_out] scaled
+    pred = predict_windows(lm.model, windows, batch_size=batch_size, inference=inference)
     series = series_by_basin(windows, pred)
     groups = basin_groups(lm.ckpt)
     with warnings.catch_warnings():
@@ -1190,6 +1204,8 @@ def _publish(tmp: Path, parent: Path) -> Path:
 def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
     """Everything after the arguments: check all input, predict, then write the run folder."""
     device = resolve_device(args.device, config=config)
+    log_device(device)
+    inference = InferenceSettings.from_config(config, device)
     paths = [resolve_checkpoint(args.model, "--model")]
     paths += [resolve_checkpoint([p], "--compare") for p in args.compare or []]
     models = [load_model(p, device) for p in paths]
@@ -1245,7 +1261,7 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
         device,
     )
     batch_size = eval_batch_size(config["BATCH_SIZE"])
-    runs = [run_model(lm, data, basins, start, end, device, batch_size) for lm in models]
+    runs = [run_model(lm, data, basins, start, end, device, batch_size, inference) for lm in models]
     notes = [note for run in runs for note in coverage_notes(run, data, end)]
     for note in notes:
         log.info("note: %s", note)
@@ -1347,12 +1363,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
         files used, first the --model one) and ``notes``.
     """
     args = build_parser().parse_args(argv)
-    config = load_config(
-        args.config,
-        stage="predict",
-        overrides=args.set,
-        flags={"OUTPUT_DIR": args.output_dir, "NUM_THREADS": args.threads},
-    )
+    flags = {
+        "OUTPUT_DIR": args.output_dir,
+        "NUM_THREADS": args.threads,
+        "USE_COMPILE": True if args.compile else None,
+        "MIXED_PRECISION": True if args.mixed_precision else None,
+    }
+    config = load_config(args.config, stage="predict", overrides=args.set, flags=flags)
     setup_logging()
     ensure_writable(output_root(config), "the output folder")
     backlog = _Backlog()

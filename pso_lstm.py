@@ -72,6 +72,7 @@ from utils import (
     iso_date,
     load_config,
     log,
+    log_device,
     make_run_dir,
     output_root,
     period,
@@ -1298,6 +1299,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             setup_logging(run_dir / "pso_lstm.log")
             try:
                 log.info("run folder %s", run_dir)
+                log_device(device)
                 results[basin] = run_basin(basin, config, data, space, device, run_dir, window)
             except BaseException:
                 if not any(run_dir.glob("best_model_basin_*.pth")):

@@ -59,6 +59,7 @@ from utils import (
     load_checkpoint,
     load_config,
     log,
+    log_device,
     make_run_dir,
     output_root,
     parse_horizon_weights,
@@ -885,6 +886,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         setup_logging(run_dir / "train.log")
     try:
         log.info("run folder %s", run_dir)
+        log_device(device)
         if rank == 0:
             write_yaml(run_dir / "config.yaml", config)
         log.info("config: %s (every key: config.yaml)", config_summary(config))

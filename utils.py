@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import logging
 import math
 import os
+import platform
 import random
 import re
 import sys
@@ -25,8 +27,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import yaml
+try:
+    import numpy as np
+    import yaml
+except ModuleNotFoundError as _missing:
+    if __name__ != "__main__":
+        raise
+    # `python utils.py --check_env` in an environment that lacks even these two.
+    _dist = {"yaml": "PyYAML"}.get(_missing.name, _missing.name)
+    sys.exit(
+        f"error: the toolkit cannot run: {_dist} is missing, install it with pip install {_dist}"
+    )
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CONFIG = ROOT / "run.config"
@@ -562,7 +573,8 @@ def period(config: dict, name: str) -> tuple[np.datetime64, np.datetime64]:
 def add_common_args(
     parser: argparse.ArgumentParser, device: bool = True, output_dir: bool = True
 ) -> None:
-    """Add the flags every stage shares: --config, --set, --data_dir, --output_dir, --device."""
+    """Add the flags every stage shares: --config, --set, --data_dir, --output_dir, --device and
+    --check_env (the environment report, which exits before anything else runs)."""
     group = parser.add_argument_group("configuration")
     group.add_argument(
         "--config", help="YAML file laid over run.config (same keys, may be partial)"
@@ -592,6 +604,7 @@ def add_common_args(
             metavar="N",
             help="PyTorch CPU threads of this process (NUM_THREADS; 0: PyTorch's default)",
         )
+    group.add_argument("--check_env", action=CheckEnvAction)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -1106,6 +1119,305 @@ def resolve_device(name: str = "auto", no_cuda: bool = False, config: dict | Non
     if name != "cpu":
         raise UserError(f"--device {name!r} is not known; use auto, cpu, cuda or cuda:N")
     return torch.device("cpu")
+
+
+def describe_device(device) -> str:
+    """The device in one line: GPU name, memory and compute capability on CUDA; CPU cores and the
+    threads torch uses otherwise."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return (
+            f"device {device}: {props.name}, {props.total_memory / 2**30:.1f} GiB, compute "
+            f"capability {props.major}.{props.minor} (torch {torch.__version__}, CUDA "
+            f"{torch.version.cuda})"
+        )
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (
+        f"device cpu: {os.cpu_count()} cores ({usable} usable), {torch.get_num_threads()} torch "
+        f"threads, {platform.machine()} (torch {torch.__version__})"
+    )
+
+
+def log_device(device) -> None:
+    """Log :func:`describe_device` once, at the start of a training or prediction run."""
+    log.info("%s", describe_device(device))
+
+
+# --------------------------------------------------------------------------- environment check
+
+# (import name, distribution) of the runtime dependencies (requirements.txt) and of the optional
+# packages that the tests (HydroErr, pytest) and benchmarks (neuralhydrology, scipy) use.
+REQUIRED_PACKAGES = (
+    ("torch", "torch"),
+    ("numpy", "numpy"),
+    ("pandas", "pandas"),
+    ("yaml", "PyYAML"),
+    ("tqdm", "tqdm"),
+    ("matplotlib", "matplotlib"),
+    ("pyswarms", "pyswarms"),
+)
+OPTIONAL_PACKAGES = (
+    ("scipy", "scipy"),
+    ("optuna", "optuna"),
+    ("HydroErr", "HydroErr"),
+    ("neuralhydrology", "neuralhydrology"),
+    ("pytest", "pytest"),
+)
+
+
+def _pip_requirement(distribution: str) -> str:
+    """The requirement line of ``distribution`` in requirements*.txt, else its bare name."""
+    for path in sorted(ROOT.glob("requirements*.txt")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.split("#")[0].strip()
+            name = line.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip()
+            if name.lower() == distribution.lower():
+                return line
+    return distribution
+
+
+def package_status(module: str, distribution: str) -> dict[str, Any]:
+    """Import ``module`` and return its version, or why it cannot be imported.
+
+    Returns
+    -------
+    dict
+        ``module``, ``distribution``, ``version`` (None when the import fails), ``error`` (None
+        when it works) and ``install``, the pip command that installs it.
+    """
+    import importlib
+    import importlib.metadata
+    from unittest import mock
+
+    status = {"module": module, "distribution": distribution, "version": None, "error": None}
+    status["install"] = f"pip install '{_pip_requirement(distribution)}'"
+    try:
+        # pyswarms reconfigures logging on import (see pso_lstm._contained_pyswarms_logging).
+        with mock.patch("logging.config.dictConfig"):
+            imported = importlib.import_module(module)
+    except Exception as err:  # noqa: BLE001 - a broken install raises more than ImportError
+        status["error"] = f"{type(err).__name__}: {err}"
+        return status
+    try:
+        status["version"] = importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        status["version"] = str(getattr(imported, "__version__", "unknown"))
+    return status
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_lstm_supported() -> bool:
+    """Whether an LSTM runs on this CPU under ``torch.autocast("cpu", dtype=torch.bfloat16)``.
+
+    Probed by running a tiny ``nn.LSTM`` forward and backward: oneDNN on a CPU without AVX-512
+    raises "could not create a primitive descriptor for the LSTM forward propagation primitive",
+    which no CPU flag predicts reliably. The answer is cached for the process.
+    """
+    import torch
+
+    lstm = torch.nn.LSTM(3, 4, batch_first=True)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = lstm(torch.randn(2, 5, 3))
+        out.float().sum().backward()
+    except RuntimeError as err:
+        log.debug("CPU bf16 LSTM probe failed: %s", err)
+        return False
+    return True
+
+
+def _gpu_driver() -> str | None:
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip().splitlines()[0] if done.stdout.strip() else None
+
+
+def _configured_threads() -> int | None:
+    """NUM_THREADS of run.config (the threads every script sets), None when it cannot be read."""
+    try:
+        return load_config()["NUM_THREADS"]
+    except (UserError, OSError):
+        return None
+
+
+def _torch_report() -> dict[str, Any]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    gpus = []
+    for index in range(torch.cuda.device_count() if cuda else 0):
+        props = torch.cuda.get_device_properties(index)
+        gpus.append(
+            {
+                "index": index,
+                "name": props.name,
+                "memory_gib": round(props.total_memory / 2**30, 1),
+                "compute_capability": f"{props.major}.{props.minor}",
+            }
+        )
+    return {
+        "torch": torch.__version__,
+        "cuda_available": cuda,
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version()
+        if torch.backends.cudnn.is_available()
+        else None,
+        "gpu_count": len(gpus),
+        "gpus": gpus,
+        "gpu_driver": _gpu_driver() if cuda else None,
+        "torch_threads": _configured_threads() or torch.get_num_threads(),
+        "torch_default_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16_lstm": cpu_bf16_lstm_supported(),
+    }
+
+
+def environment_report() -> dict[str, Any]:
+    """What the toolkit runs on: Python, PyTorch, CUDA and its GPUs, the CPU, the dependencies.
+
+    Returns
+    -------
+    dict
+        ``python``, ``platform``, ``cpu_cores``, ``cpu_usable``; from torch (None when torch
+        cannot be imported): ``torch``, ``cuda_available``, ``cuda_version``, ``cudnn_version``,
+        ``gpu_count``, ``gpus`` (name, memory_gib, compute_capability each), ``gpu_driver``,
+        ``torch_threads`` (NUM_THREADS, else PyTorch's default), ``torch_default_threads``,
+        ``cpu_capability``, ``cpu_bf16_lstm``; ``required`` and ``optional``
+        (lists of :func:`package_status`), and ``missing``, the required ones that fail.
+    """
+    required = [package_status(m, d) for m, d in REQUIRED_PACKAGES]
+    report: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "cpu_cores": os.cpu_count(),
+        "cpu_usable": (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        ),
+        "required": required,
+        "optional": [package_status(m, d) for m, d in OPTIONAL_PACKAGES],
+        "missing": [s for s in required if s["error"]],
+    }
+    torch_keys = ("torch", "cuda_available", "cuda_version", "cudnn_version", "gpu_count")
+    torch_keys += ("gpus", "gpu_driver", "torch_threads", "torch_default_threads")
+    torch_keys += ("cpu_capability", "cpu_bf16_lstm")
+    report.update(dict.fromkeys(torch_keys))
+    if required[0]["error"] is None:
+        report.update(_torch_report())
+    return report
+
+
+def format_environment(report: dict[str, Any]) -> str:
+    """The report of :func:`environment_report` as aligned text, one item per line."""
+
+    def show(value: Any) -> str:
+        if value is None or value == []:
+            return "none"
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        return str(value)
+
+    rows = [("Python", report["python"]), ("platform", report["platform"])]
+    torch_rows = [
+        ("PyTorch", report["torch"]),
+        ("CUDA available", show(report["cuda_available"])),
+        ("CUDA version", show(report["cuda_version"])),
+        ("cuDNN version", show(report["cudnn_version"])),
+        ("GPU count", show(report["gpu_count"])),
+    ]
+    torch_rows += [
+        (
+            "GPU",
+            f"{g['index']}: {g['name']}, {g['memory_gib']} GiB, compute capability "
+            f"{g['compute_capability']}",
+        )
+        for g in report["gpus"] or []
+    ] or [("GPU", "none")]
+    bf16 = "supported" if report["cpu_bf16_lstm"] else "not supported (fp32 is used instead)"
+    torch_rows += [
+        ("GPU driver", show(report["gpu_driver"])),
+        ("CPU cores", f"{report['cpu_cores']} ({report['cpu_usable']} usable)"),
+        (
+            "torch threads",
+            f"{show(report['torch_threads'])} (NUM_THREADS of run.config, else PyTorch's "
+            f"default, here {show(report['torch_default_threads'])})",
+        ),
+        ("CPU capability", show(report["cpu_capability"])),
+        ("CPU bf16 LSTM kernels", bf16),
+    ]
+    if report["torch"] is None:
+        unknown = "unknown (torch cannot be imported)"
+        torch_rows = [
+            (name, value if name == "CPU cores" else unknown) for name, value in torch_rows
+        ]
+    rows += torch_rows
+    for kind in ("required", "optional"):
+        rows.append((f"{kind} packages:", ""))
+        for s in report[kind]:
+            if s["error"] is None:
+                value = s["version"]
+            elif kind == "required":
+                value = f"MISSING ({s['error']}); install: {s['install']}"
+            else:
+                value = f"not available (optional; {s['error']}); install: {s['install']}"
+            rows.append((f"  {s['distribution']}", value))
+    width = max(len(name) for name, _ in rows) + 2
+    lines = [f"{name:<{width}}{value}".rstrip() for name, value in rows]
+    if report["missing"]:
+        names = ", ".join(s["distribution"] for s in report["missing"])
+        lines.append(f"result: NOT ready, missing {names}")
+    else:
+        lines.append("result: ready")
+    return "\n".join(lines) + "\n"
+
+
+def missing_message(report: dict[str, Any]) -> str:
+    """One line naming each missing required package and the command that installs it."""
+    return "the toolkit cannot run: " + "; ".join(
+        f"{s['distribution']} is missing ({s['error']}), install it with {s['install']}"
+        for s in report["missing"]
+    )
+
+
+def check_environment() -> int:
+    """Print the environment report; return the exit code (0 ready, 1 a package is missing)."""
+    report = environment_report()
+    sys.stdout.write(format_environment(report))
+    sys.stdout.flush()
+    if report["missing"]:
+        print(f"error: {missing_message(report)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class CheckEnvAction(argparse.Action):
+    """``--check_env``: print the environment report and exit, before anything else runs."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        kwargs.setdefault(
+            "help",
+            "print PyTorch, CUDA, GPU, CPU and package versions and exit "
+            "(0 when the toolkit can run)",
+        )
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.exit(check_environment())
 
 
 # --------------------------------------------------------------------------- metrics
@@ -1778,8 +2090,44 @@ def eval_batch_size(batch_size: int) -> int:
     return max(EVAL_BATCH, int(batch_size))
 
 
-def predict_windows(model, windows, batch_size: int = EVAL_BATCH, return_weights: bool = False):
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How prediction runs the model: USE_COMPILE, BACKEND and MIXED_PRECISION, as in training."""
+
+    mixed_precision: bool = False
+    compile: bool = False
+    backend: str = "inductor"
+
+    @classmethod
+    def from_config(cls, config: dict, device) -> InferenceSettings:
+        """The config's options on CUDA; on a CPU, say once that they do not apply."""
+        cuda = getattr(device, "type", str(device)) == "cuda"
+        if not cuda:
+            for key in ("USE_COMPILE", "MIXED_PRECISION"):
+                if config[key]:
+                    log.info(
+                        "%s is on but applies to CUDA devices only; predicting on %s without it",
+                        key,
+                        device,
+                    )
+        return cls(
+            mixed_precision=config["MIXED_PRECISION"] and cuda,
+            compile=config["USE_COMPILE"] and cuda,
+            backend=config["BACKEND"],
+        )
+
+
+def predict_windows(
+    model,
+    windows,
+    batch_size: int = EVAL_BATCH,
+    return_weights: bool = False,
+    inference: InferenceSettings | None = None,
+):
     """Run ``model`` over every sample of ``windows`` in order.
+
+    ``inference`` compiles the model (``torch.compile``) and runs it under the autocast of
+    training; by default it runs as it is, in fp32.
 
     Returns
     -------
@@ -1790,16 +2138,18 @@ def predict_windows(model, windows, batch_size: int = EVAL_BATCH, return_weights
     import torch
 
     model.eval()
+    inference = inference or InferenceSettings()
+    step = torch.compile(model, backend=inference.backend) if inference.compile else model
     preds, weights = [], []
-    with torch.no_grad():
+    with torch.no_grad(), _autocast(windows.device, inference.mixed_precision):
         for batch in windows.iter_batches(batch_size, shuffle=False):
             if return_weights:
-                out, w = model(
+                out, w = step(
                     batch["x"], batch["static"], return_weights=True, n_last=batch["y"].shape[1]
                 )
                 weights.append(w.float().cpu().numpy())
             else:
-                out = model(batch["x"], batch["static"], n_last=batch["y"].shape[1])
+                out = step(batch["x"], batch["static"], n_last=batch["y"].shape[1])
             preds.append(out.float().cpu().numpy())
     n_out = windows.spec.n_out
     pred = np.concatenate(preds) if preds else np.zeros((0, n_out), np.float32)
@@ -1818,7 +2168,7 @@ def series_by_basin(windows, pred_scaled: np.ndarray) -> dict[str, dict[str, np.
         basin -> {"date": [n], "lead": [n], "obs": [n], "sim": [n]} with NaN obs where unobserved.
     """
     dates = windows.target_dates()  # [S, n_out]
-    y = windows.y[windows.sample_end[:, None] + windows._targets].cpu().numpy()
+    y = windows.targets().cpu().numpy()
     mask = windows.y_mask.cpu().numpy()
     obs = np.where(mask, windows.scalers.unscale_target(y.astype(np.float64)), np.nan)
     sim = windows.scalers.unscale_target(pred_scaled.astype(np.float64))
@@ -1860,6 +2210,288 @@ class FitResult:
     stopped_early: bool = False
 
 
+@dataclass
+class _Training:
+    """Everything one :func:`fit` call builds and updates, epoch after epoch."""
+
+    model: Any
+    step_model: Any  # the model as stepped: DDP- and/or compile-wrapped
+    eval_model: Any  # the model as validated and kept: the moving average with EMA_DECAY
+    ema: Any
+    params: list
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    generator: Any
+    loader: Any
+    basin_std: Any
+    per_epoch: int
+    n_batches: int
+    rank: int
+    world: int
+    history: list[dict]
+    best_state: dict
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    first_epoch: int = 1
+    lead_weight: Any = None  # [n_out] HORIZON_WEIGHTS on the device; None: uniform
+
+    def state(self, epoch: int) -> dict:
+        """What a checkpoint keeps to resume after ``epoch``."""
+        return {
+            "epoch": epoch,
+            "model_state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "best_state": self.best_state,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+            "ema_state_dict": self.ema.state_dict() if self.ema is not None else None,
+        }
+
+    def restore(self, resume: dict) -> None:
+        """Continue from a :meth:`state` of an earlier call."""
+        self.model.load_state_dict(resume["model_state_dict"])
+        self.optimizer.load_state_dict(resume["optimizer"])
+        self.scheduler.load_state_dict(resume["scheduler"])
+        self.generator.set_state(resume["generator"])
+        self.best_state, self.best_score = resume["best_state"], resume["best_score"]
+        self.best_epoch, self.bad_epochs = resume["best_epoch"], resume["bad_epochs"]
+        if self.ema is not None and resume.get("ema_state_dict") is not None:
+            self.ema.load_state_dict(resume["ema_state_dict"])
+        self.history, self.first_epoch = list(resume["history"]), resume["epoch"] + 1
+        log.info(
+            "resuming after epoch %d (best validation NSE %.4f at epoch %d)",
+            resume["epoch"],
+            self.best_score,
+            self.best_epoch,
+        )
+
+
+def _trainable(model, settings: TrainSettings) -> list:
+    """Set gradient checkpointing where the model has it; the parameters that train."""
+    if hasattr(model, "gradient_checkpointing"):
+        model.gradient_checkpointing = settings.gradient_checkpointing
+    elif settings.gradient_checkpointing:
+        log.info(
+            "GRADIENT_CHECKPOINTING applies to SCA2LSTM; %s trains without it",
+            type(model).__name__,
+        )
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UserError("every layer is frozen, so there is nothing to train; unfreeze a group")
+    return params
+
+
+def _scheduler(optimizer, settings: TrainSettings, n_batches: int):
+    """Linear warm-up, then cosine decay to 10 % of the learning rate, per optimiser step."""
+    import torch
+
+    total_steps = max(1, settings.epochs * math.ceil(n_batches / settings.accumulation))
+
+    def lr_factor(step: int) -> float:
+        if step < settings.warmup_steps:
+            return (step + 1) / settings.warmup_steps
+        progress_ = (step - settings.warmup_steps) / max(1, total_steps - settings.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
+def _stream_loader(train, settings: TrainSettings, per_epoch: int, generator, rank, world):
+    """The DataLoader of ``DATA_PATH: stream`` (None for the resident path)."""
+    if settings.data_path != "stream":
+        return None
+    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+    workers = settings.num_workers
+    dataset = train.to_dataset()
+    if world > 1:
+        sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=settings.seed)
+    else:
+        sampler = RandomSampler(dataset, num_samples=per_epoch, generator=generator)
+    return DataLoader(
+        dataset,
+        batch_size=settings.batch_size // world,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=settings.pin_memory,
+        prefetch_factor=settings.prefetch_factor if workers > 0 else None,
+        persistent_workers=settings.persistent_workers and workers > 0,
+    )
+
+
+def _prepare_training(model, train, settings: TrainSettings, device) -> _Training:
+    """Optimiser, schedule, wrappers, averaging and batches of one :func:`fit` call."""
+    import copy
+
+    import torch
+
+    model.to(device)
+    params = _trainable(model, settings)
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    per_epoch = len(train)
+    if settings.samples_per_epoch and settings.samples_per_epoch < per_epoch:
+        per_epoch = settings.samples_per_epoch
+    n_batches = math.ceil(per_epoch / settings.batch_size)
+    use_scaler = settings.mixed_precision and not torch.cuda.is_bf16_supported()
+    rank, world = distributed_rank()
+    step_model = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if settings.batch_size < world:
+            raise UserError(f"BATCH_SIZE {settings.batch_size} is smaller than {world} processes")
+        ids = [device.index] if device.type == "cuda" else None
+        step_model = DistributedDataParallel(model, device_ids=ids)
+    if settings.compile:
+        step_model = torch.compile(step_model, backend=settings.backend)
+    ema = None
+    if settings.ema_decay:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay))
+    generator = torch.Generator().manual_seed(settings.seed)
+    lead_weight = None
+    if settings.horizon_weights is not None:
+        lead_weight = torch.tensor(settings.horizon_weights, dtype=torch.float32, device=device)
+        log.info(
+            "loss weights per lead day (HORIZON_WEIGHTS, mean 1): %s",
+            ", ".join(f"{w:.3f}" for w in settings.horizon_weights),
+        )
+    return _Training(
+        model=model,
+        step_model=step_model,
+        eval_model=ema.module if ema is not None else model,
+        ema=ema,
+        params=params,
+        optimizer=optimizer,
+        scheduler=_scheduler(optimizer, settings, n_batches),
+        scaler=torch.amp.GradScaler("cuda", enabled=use_scaler),
+        generator=generator,
+        loader=_stream_loader(train, settings, per_epoch, generator, rank, world),
+        basin_std=train.basin_target_std(),
+        per_epoch=per_epoch,
+        n_batches=n_batches,
+        rank=rank,
+        world=world,
+        history=[],
+        best_state=copy.deepcopy(model.state_dict()),
+        lead_weight=lead_weight,
+    )
+
+
+def _train_epoch(t: _Training, train, settings: TrainSettings, device, epoch: int) -> dict:
+    """One pass over the epoch's batches; the epoch's record, validation not yet filled in."""
+    import time
+
+    import torch
+
+    _set_train_mode(t.step_model if t.step_model is t.model else t.model)
+    t0 = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if t.loader is not None and t.world > 1:
+        t.loader.sampler.set_epoch(epoch)
+    batches = (
+        t.loader
+        if t.loader is not None
+        else train.iter_batches(
+            settings.batch_size,
+            shuffle=True,
+            generator=t.generator,
+            limit=t.per_epoch,
+            shard=(t.rank, t.world),
+        )
+    )
+    # The loss sum stays on the device: no host synchronisation per batch on a GPU (a CPU
+    # checks every batch for free and stops at the first non-finite loss).
+    loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
+    t.optimizer.zero_grad(set_to_none=True)
+    for i, batch in enumerate(batches, start=1):
+        if t.loader is not None:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with _autocast(device, settings.mixed_precision):
+            pred = t.step_model(batch["x"], batch["static"], n_last=batch["y"].shape[1])
+            loss = nse_star_loss(
+                pred, batch["y"], batch["y_mask"], t.basin_std[batch["basin"]], t.lead_weight
+            )
+        if device.type != "cuda" and not torch.isfinite(loss):
+            raise RuntimeError(f"the training loss became {loss.item()} in epoch {epoch}")
+        t.scaler.scale(loss / settings.accumulation).backward()
+        if i % settings.accumulation == 0 or i == t.n_batches:
+            optimizer_step(t.optimizer, t.scaler, t.params, settings.grad_clip)
+            t.scheduler.step()
+            if t.ema is not None:
+                t.ema.update_parameters(t.model)
+        n = batch["x"].shape[0]
+        loss_sum += loss.detach().double() * n
+        seen += n
+    total_loss = float(loss_sum)  # one synchronisation per epoch
+    if not math.isfinite(total_loss):
+        raise RuntimeError(f"the training loss became {total_loss} in epoch {epoch}")
+    if t.world > 1:
+        # Every rank saw its own share of each global batch: report the global mean loss.
+        totals = torch.tensor([total_loss, float(seen)], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(totals)
+        total_loss, seen = float(totals[0]), int(totals[1])
+    seconds = time.perf_counter() - t0
+    record = {
+        "epoch": epoch,
+        "train_loss": total_loss / max(1, seen),
+        "val_loss": float("nan"),
+        "val_nse": float("nan"),
+        "lr": t.optimizer.param_groups[0]["lr"],
+        "seconds": seconds,
+        "samples_per_s": seen / seconds if seconds > 0 else float("nan"),
+    }
+    if device.type == "cuda":
+        record["gpu_mem_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        record["gpu_mem_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+    return record
+
+
+def evaluate(model, val, batch_size: int, lead_weight=None) -> tuple[float, float]:
+    """Validation loss (NSE*, scaled units; ``lead_weight`` as in :func:`nse_star_loss`) and
+    median NSE of ``model`` over ``val``."""
+    import torch
+
+    pred = predict_windows(model, val, batch_size=eval_batch_size(batch_size))
+    pred_t = torch.from_numpy(pred).to(val.device)
+    basin_std = val.basin_target_std()[val.sample_basin]
+    with torch.no_grad():
+        lead_w = None if lead_weight is None else lead_weight.to(val.device)
+        loss = nse_star_loss(pred_t, val.targets(), val.y_mask, basin_std, lead_w)
+    return float(loss), median_nse(val, pred)
+
+
+def _log_epoch(record: dict, epochs: int, is_best: bool) -> None:
+    gpu_mem = ""
+    if "gpu_mem_allocated_mb" in record:  # on CUDA: the epoch's peaks, as in history.csv
+        gpu_mem = (
+            f"  GPU memory {record['gpu_mem_allocated_mb']:.0f} MiB allocated, "
+            f"{record['gpu_mem_reserved_mb']:.0f} MiB reserved"
+        )
+    log.info(
+        "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_NSE %.4f  lr %.2e  %.1f s  "
+        "%.0f samples/s%s%s",
+        record["epoch"],
+        epochs,
+        record["train_loss"],
+        record["val_loss"],
+        record["val_nse"],
+        record["lr"],
+        record["seconds"],
+        record["samples_per_s"],
+        gpu_mem,
+        "  *best*" if is_best else "",
+    )
+
+
 def fit(
     model, train, val, settings: TrainSettings, device, on_epoch=None, resume: dict | None = None
 ):
@@ -1891,221 +2523,47 @@ def fit(
     FitResult
     """
     import copy
-    import time
 
-    import torch
-
-    model.to(device)
-    if hasattr(model, "gradient_checkpointing"):
-        model.gradient_checkpointing = settings.gradient_checkpointing
-    elif settings.gradient_checkpointing:
-        log.info(
-            "GRADIENT_CHECKPOINTING applies to SCA2LSTM; %s trains without it",
-            type(model).__name__,
-        )
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise UserError("every layer is frozen, so there is nothing to train; unfreeze a group")
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    per_epoch = len(train)
-    if settings.samples_per_epoch and settings.samples_per_epoch < per_epoch:
-        per_epoch = settings.samples_per_epoch
-    n_batches = math.ceil(per_epoch / settings.batch_size)
-    total_steps = max(1, settings.epochs * math.ceil(n_batches / settings.accumulation))
-
-    def lr_factor(step: int) -> float:
-        if step < settings.warmup_steps:
-            return (step + 1) / settings.warmup_steps
-        progress_ = (step - settings.warmup_steps) / max(1, total_steps - settings.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    use_scaler = settings.mixed_precision and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    rank, world = distributed_rank()
-    step_model = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        if settings.batch_size < world:
-            raise UserError(f"BATCH_SIZE {settings.batch_size} is smaller than {world} processes")
-        ids = [device.index] if device.type == "cuda" else None
-        step_model = DistributedDataParallel(model, device_ids=ids)
-    if settings.compile:
-        step_model = torch.compile(step_model, backend=settings.backend)
-    ema = None
-    if settings.ema_decay:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay))
-    eval_model = ema.module if ema is not None else model
-    generator = torch.Generator().manual_seed(settings.seed)
-    basin_std = train.basin_target_std()
-    lead_weight = None
-    if settings.horizon_weights is not None:
-        lead_weight = torch.tensor(settings.horizon_weights, dtype=torch.float32, device=device)
-        log.info(
-            "loss weights per lead day (HORIZON_WEIGHTS, mean 1): %s",
-            ", ".join(f"{w:.3f}" for w in settings.horizon_weights),
-        )
-    history: list[dict] = []
-    best_state = copy.deepcopy(model.state_dict())
-    best_score, best_epoch, bad_epochs, first_epoch = -math.inf, 0, 0, 1
+    t = _prepare_training(model, train, settings, device)
     if resume:
-        model.load_state_dict(resume["model_state_dict"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        generator.set_state(resume["generator"])
-        best_state, best_score = resume["best_state"], resume["best_score"]
-        best_epoch, bad_epochs = resume["best_epoch"], resume["bad_epochs"]
-        if ema is not None and resume.get("ema_state_dict") is not None:
-            ema.load_state_dict(resume["ema_state_dict"])
-        history, first_epoch = list(resume["history"]), resume["epoch"] + 1
-        log.info(
-            "resuming after epoch %d (best validation NSE %.4f at epoch %d)",
-            resume["epoch"],
-            best_score,
-            best_epoch,
-        )
-
-    loader = None
-    if settings.data_path == "stream":
-        from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
-
-        workers = settings.num_workers
-        dataset = train.to_dataset()
-        if world > 1:
-            sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=settings.seed)
-        else:
-            sampler = RandomSampler(dataset, num_samples=per_epoch, generator=generator)
-        loader = DataLoader(
-            dataset,
-            batch_size=settings.batch_size // world,
-            sampler=sampler,
-            num_workers=workers,
-            pin_memory=settings.pin_memory,
-            prefetch_factor=settings.prefetch_factor if workers > 0 else None,
-            persistent_workers=settings.persistent_workers and workers > 0,
-        )
-
+        t.restore(resume)
     stopped_early = False
-    bar = progress(range(first_epoch, settings.epochs + 1), desc="epochs", unit="epoch")
+    bar = progress(range(t.first_epoch, settings.epochs + 1), desc="epochs", unit="epoch")
     for epoch in bar:
-        _set_train_mode(step_model if step_model is model else model)
-        t0 = time.perf_counter()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        if loader is not None and world > 1:
-            loader.sampler.set_epoch(epoch)
-        batches = (
-            loader
-            if loader is not None
-            else train.iter_batches(
-                settings.batch_size,
-                shuffle=True,
-                generator=generator,
-                limit=per_epoch,
-                shard=(rank, world),
-            )
-        )
-        # The loss sum stays on the device: no host synchronisation per batch on a GPU (a CPU
-        # checks every batch for free and stops at the first non-finite loss).
-        loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
-        optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(batches, start=1):
-            if loader is not None:
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with _autocast(device, settings.mixed_precision):
-                pred = step_model(batch["x"], batch["static"], n_last=batch["y"].shape[1])
-                loss = nse_star_loss(
-                    pred, batch["y"], batch["y_mask"], basin_std[batch["basin"]], lead_weight
-                )
-            if device.type != "cuda" and not torch.isfinite(loss):
-                raise RuntimeError(f"the training loss became {loss.item()} in epoch {epoch}")
-            scaler.scale(loss / settings.accumulation).backward()
-            if i % settings.accumulation == 0 or i == n_batches:
-                optimizer_step(optimizer, scaler, params, settings.grad_clip)
-                scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-            n = batch["x"].shape[0]
-            loss_sum += loss.detach().double() * n
-            seen += n
-        total_loss = float(loss_sum)  # one synchronisation per epoch
-        if not math.isfinite(total_loss):
-            raise RuntimeError(f"the training loss became {total_loss} in epoch {epoch}")
-        if world > 1:
-            # Every rank saw its own share of each global batch: report the global mean loss.
-            totals = torch.tensor([total_loss, float(seen)], dtype=torch.float64, device=device)
-            torch.distributed.all_reduce(totals)
-            total_loss, seen = float(totals[0]), int(totals[1])
-        seconds = time.perf_counter() - t0
-        record = {
-            "epoch": epoch,
-            "train_loss": total_loss / max(1, seen),
-            "val_loss": float("nan"),
-            "val_nse": float("nan"),
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": seconds,
-            "samples_per_s": seen / seconds if seconds > 0 else float("nan"),
-        }
-        if device.type == "cuda":
-            record["gpu_mem_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-            record["gpu_mem_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+        record = _train_epoch(t, train, settings, device, epoch)
         if val is not None:
-            pred = predict_windows(eval_model, val, batch_size=eval_batch_size(settings.batch_size))
-            pred_t = torch.from_numpy(pred).to(val.device)
-            y = val.y[val.sample_end[:, None] + val._targets]
-            with torch.no_grad():
-                val_std = val.basin_target_std()[val.sample_basin]
-                lead_w = None if lead_weight is None else lead_weight.to(val.device)
-                record["val_loss"] = float(nse_star_loss(pred_t, y, val.y_mask, val_std, lead_w))
-            record["val_nse"] = median_nse(val, pred)
+            record["val_loss"], record["val_nse"] = evaluate(
+                t.eval_model, val, settings.batch_size, t.lead_weight
+            )
             score = record["val_nse"] if math.isfinite(record["val_nse"]) else -math.inf
         else:
             score = -record["train_loss"]
-        is_best = score > best_score
+        is_best = score > t.best_score
         if is_best:
-            best_score, best_epoch, bad_epochs = score, epoch, 0
-            best_state = copy.deepcopy(eval_model.state_dict())
+            t.best_score, t.best_epoch, t.bad_epochs = score, epoch, 0
+            t.best_state = copy.deepcopy(t.eval_model.state_dict())
         else:
-            bad_epochs += 1
-        history.append(record)
-        log.info(
-            "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_NSE %.4f  lr %.2e  %.1f s  "
-            "%.0f samples/s%s",
-            epoch,
-            settings.epochs,
-            record["train_loss"],
-            record["val_loss"],
-            record["val_nse"],
-            record["lr"],
-            seconds,
-            record["samples_per_s"],
-            "  *best*" if is_best else "",
-        )
+            t.bad_epochs += 1
+        t.history.append(record)
+        _log_epoch(record, settings.epochs, is_best)
         bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_nse=f"{record['val_nse']:.3f}")
-        state = {
-            "epoch": epoch,
-            "model_state_dict": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "generator": generator.get_state(),
-            "best_state": best_state,
-            "best_score": best_score,
-            "best_epoch": best_epoch,
-            "bad_epochs": bad_epochs,
-            "history": history,
-            "ema_state_dict": ema.state_dict() if ema is not None else None,
-        }
-        if on_epoch is not None and rank == 0:
-            on_epoch(record, eval_model, is_best, state)
-        if val is not None and settings.patience and bad_epochs >= settings.patience:
-            log.info("early stopping: no better validation NSE for %d epochs", bad_epochs)
+        if on_epoch is not None and t.rank == 0:
+            on_epoch(record, t.eval_model, is_best, t.state(epoch))
+        if val is not None and settings.patience and t.bad_epochs >= settings.patience:
+            log.info("early stopping: no better validation NSE for %d epochs", t.bad_epochs)
             stopped_early = True
             break
     bar.close()
-    model.load_state_dict(best_state)
-    if not history:
+    model.load_state_dict(t.best_state)
+    if not t.history:
         raise UserError("no epoch left to train: the run had already finished (raise --epochs)")
-    return FitResult(best_state, best_epoch, best_score, history, stopped_early)
+    return FitResult(t.best_state, t.best_epoch, t.best_score, t.history, stopped_early)
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(
+        description="Shared pieces of the toolkit; run directly, it checks the environment."
+    )
+    _parser.add_argument("--check_env", action=CheckEnvAction)
+    _parser.parse_args()
+    _parser.print_help()

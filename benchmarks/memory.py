@@ -6,7 +6,8 @@ On CUDA, each cell of the grid is one training step (forward, backward, AdamW st
 the same grid instead: the bytes of the tensors autograd saves for the backward pass
 (``torch.autograd.graph.saved_tensors_hooks``), with PyTorch's default CPU LSTM kernel (oneDNN)
 and with its native kernel, which keeps what cuDNN keeps. Mixed precision on a CPU is bf16
-autocast. Every row also holds the estimate that ``sca2lstm.py`` logs at start.
+autocast; on a CPU without bf16 LSTM kernels (``utils.cpu_bf16_lstm_supported``) the grid falls
+back to fp32 and says so. Every row also holds the estimate that ``sca2lstm.py`` logs at start.
 
 Usage::
 
@@ -29,11 +30,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sca2lstm import SCA2LSTM, ModelArgs, activation_memory_estimate  # noqa: E402
-from utils import load_config, nse_star_loss  # noqa: E402
+from utils import cpu_bf16_lstm_supported, load_config, nse_star_loss  # noqa: E402
 
 MIB = 2**20
 CPU_PROXY = "CPU proxy: bytes saved for backward (saved_tensors_hooks)"
 CUDA_MEASURE = "torch.cuda.max_memory_allocated, above the memory held before the step"
+NO_CPU_BF16 = (
+    "this CPU has no bf16 LSTM kernel (oneDNN builds none here, as on AVX2-only CPUs), so the "
+    "grid falls back to fp32: the bf16 autocast rows are left out"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,6 +168,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         raise SystemExit(
             f"--sizes {unknown}: not in MODEL_SIZES ({', '.join(config['MODEL_SIZES'])})"
         )
+    precisions = (False, True)
+    if device.type == "cpu" and not cpu_bf16_lstm_supported():
+        print(f"note: {NO_CPU_BF16}")
+        precisions = (False,)
     rows = []
     for size in sizes:
         cfg = load_config(
@@ -176,7 +185,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             x[..., args.q_flag_channel] = 0.0
         static = torch.randn(a.batch_size, args.n_static, device=device)
         n_params = sum(p.numel() for p in model.parameters())
-        for mixed in (False, True):
+        for mixed in precisions:
             for ckpt in (False, True):
                 estimate = activation_memory_estimate(
                     args, a.batch_size, a.seq_len, 2 if mixed else 4, ckpt
@@ -235,6 +244,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     print(f"\ndevice: {label}; batch {a.batch_size} × {a.seq_len} days; {a.mode} mode")
     print(f"measured: {table['measure'].iloc[0]}")
+    if precisions == (False,):
+        print(f"note: {NO_CPU_BF16}")
     if device.type == "cpu":
         print(
             "measured_mib: PyTorch's default CPU LSTM kernel (oneDNN); native_kernel_mib: its "

@@ -128,3 +128,17 @@ def _fresh_toolkit_logger():
             logger.removeHandler(handler)
             if isinstance(handler, logging.FileHandler):
                 handler.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked ``cuda`` on a machine without a CUDA device."""
+    cuda_items = [item for item in items if item.get_closest_marker("cuda")]
+    if not cuda_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (marker cuda)")
+    for item in cuda_items:
+        item.add_marker(skip)

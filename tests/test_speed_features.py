@@ -24,6 +24,7 @@ from utils import (
     MODEL_SIZE_KEYS,
     TrainSettings,
     UserError,
+    cpu_bf16_lstm_supported,
     fit,
     load_checkpoint,
     load_config,
@@ -96,7 +97,7 @@ def test_gradient_checkpointing_keeps_fewer_activations_and_is_off_outside_train
         assert torch.equal(model(x, static), copy.deepcopy(model).eval()(x, static))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (cuDNN dropout)")
+@pytest.mark.cuda
 def test_gradient_checkpointing_is_identical_on_cuda_with_inter_layer_dropout():
     torch.manual_seed(0)
     plain = SCA2LSTM(model_args("simulate", num_layers=2, dropout=0.5)).cuda().train()
@@ -287,12 +288,16 @@ def test_memory_tiny_run_labels_the_cpu_proxy_and_writes_its_csv(tmp_path, capsy
          "--device", "cpu"]
     )  # fmt: skip
     written = pd.read_csv(out)
-    assert len(written) == len(table) == 4  # fp32 / mixed × checkpointing off / on
+    # fp32 / bf16 autocast × checkpointing off / on; fp32 alone on CPUs without bf16 LSTM kernels
+    bf16 = cpu_bf16_lstm_supported()
+    assert len(written) == len(table) == (4 if bf16 else 2)
+    assert set(written["precision"]) == ({"fp32", "bf16 autocast"} if bf16 else {"fp32"})
     assert set(written["gradient_checkpointing"]) == {True, False}
     assert (written["measure"] == memory_bench.CPU_PROXY).all()
     assert (written["measured_mib"] > 0).all() and (written["estimate_mib"] > 0).all()
     printed = capsys.readouterr().out
     assert "no GPU is available" in printed and "CPU proxy" in printed
+    assert (memory_bench.NO_CPU_BF16 in printed) == (not bf16)
 
 
 def test_scale_benchmark_builds_ids_and_parses_its_arguments():
