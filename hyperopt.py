@@ -453,14 +453,21 @@ def open_search(settings: SearchSettings, space: dict[str, Dimension], stage: st
     try:
         if storage is None:
             storage = _open_journal(settings)
-        study = optuna.create_study(
-            study_name=settings.study_name,
-            storage=storage,
-            sampler=_make_sampler(settings),
-            pruner=_make_pruner(settings),
-            direction="maximize",
-            load_if_exists=True,
-        )
+        sampler, pruner = _make_sampler(settings), _make_pruner(settings)
+        try:
+            # Loading first writes nothing, so a refused study is left exactly as it was.
+            study = optuna.load_study(
+                study_name=settings.study_name, storage=storage, sampler=sampler, pruner=pruner
+            )
+        except KeyError:
+            study = optuna.create_study(
+                study_name=settings.study_name,
+                storage=storage,
+                sampler=sampler,
+                pruner=pruner,
+                direction="maximize",
+                load_if_exists=True,  # another worker may create it at the same moment
+            )
         _check_stored_space(study, space, stage, settings)
     except BaseException:
         if created:
