@@ -357,14 +357,13 @@ class SearchSettings:
 
 def _stale_trial(study, trial) -> None:
     log.warning(
-        "trial %d of study %s lost its worker (no heartbeat): marked FAIL; the search goes on",
+        "trial %d lost its worker (no heartbeat in study %s): marked FAIL; the search goes on",
         trial.number,
         study.study_name,
     )
 
 
 def _open_url_storage(settings: SearchSettings):
-    import optuna
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -378,13 +377,7 @@ def _open_url_storage(settings: SearchSettings):
             "postgresql+psycopg2://user@host:5432/db, or leave it out for the journal file"
         ) from None
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=settings.heartbeat_interval,
-            grace_period=2 * settings.heartbeat_interval,
-            heartbeat_stale_trial_callback=_stale_trial,
-            engine_kwargs={"pool_pre_ping": True},
-        )
+        return _rdb_storage(url, settings)
     except Exception as err:  # noqa: BLE001 - drivers raise their own classes
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         password = make_url(url).password
@@ -394,6 +387,31 @@ def _open_url_storage(settings: SearchSettings):
             f"cannot open the study storage {shown} ({type(err).__name__}: {reason[:200]}); "
             "check that the server runs and the URL, user and database are right"
         ) from None
+
+
+def _rdb_storage(url: str, settings: SearchSettings, attempts: int = 5):
+    import optuna
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            with warnings.catch_warnings():
+                # The heartbeat is experimental in Optuna 5; it fails a killed worker's trial.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    heartbeat_interval=settings.heartbeat_interval,
+                    grace_period=2 * settings.heartbeat_interval,
+                    heartbeat_stale_trial_callback=_stale_trial,
+                    engine_kwargs={"pool_pre_ping": True},
+                )
+        except (IntegrityError, ProgrammingError):
+            # Workers that start together on an empty database race to create Optuna's
+            # tables; the loser finds them there on the next attempt.
+            if attempt == attempts:
+                raise
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
 
 
 def _open_journal(settings: SearchSettings):
@@ -536,7 +554,9 @@ def fail_lost_trials(search: Search) -> list[int]:
     from optuna.trial import TrialState
 
     if search.settings.storage_url:
-        optuna.storages.fail_stale_trials(search.study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(search.study)
         return []
     failed, host = [], socket.gethostname()
     for trial in search.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
