@@ -392,3 +392,22 @@ def test_killed_worker_then_the_command_again(kind, camels_gb_dir, input_dir, tm
     finished = [t for t in by_number.values() if t.state == TrialState.COMPLETE]
     assert len(finished) == 3
     assert f"trial {killed[0]} lost its worker" in log
+
+
+def test_hyperopt_benchmark_dry_run(camels_gb_dir, tmp_path):
+    from benchmarks import hyperopt_quality
+
+    table = hyperopt_quality.main(
+        ["--dry_run", "--data_dir", str(camels_gb_dir), "--work_dir", str(tmp_path / "work"),
+         "--output", str(tmp_path / "quality.csv")]
+    )  # fmt: skip
+    assert list(table["arm"]) == ["hand_picked", "search"]
+    search = table.set_index("arm").loc["search"]
+    assert search["n_trials"] == 2 and search["final_epochs"] == 1
+    assert np.isfinite(table["test_median_nse"]).all()
+    assert {"nse_32006", "nse_42003"} <= set(table)
+    doc = json.loads(
+        (tmp_path / "work/out/hyperopt/hyperopt_quality/hyperopt_results.json").read_text()
+    )
+    assert search["best_val_nse"] == pytest.approx(doc["best_score"])
+    assert pd.read_csv(tmp_path / "quality.csv").shape[0] == 2
