@@ -809,6 +809,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     setup_logging()
     job = prepare(args)
     results = None
+    if args.search_only and not job.config["ENABLE_HYPEROPT"]:
+        raise UserError("--search_only applies to a search: add --enable_hyperopt")
     if job.config["ENABLE_HYPEROPT"]:
         job, results = search(job, args.search_only)
         if args.search_only:

@@ -10,9 +10,10 @@ Usage (from a stage script)::
 
     space = parse_space(config["HYPEROPT_SPACE"], config)
     settings = SearchSettings.from_config(config, default_name="pretrain")
-    search = open_search(settings, space)          # checks everything, then opens the study
-    study = run_search(search, train_trial, base_config=config)
-    best = best_config(study, space, config)
+    search = open_search(settings, space, stage="pretrain")  # checks, then opens the study
+    study = run_search(search, train, base_config=config)  # train(config, params, report)
+    results = write_results(search)
+    best, params = best_config(study, space, config)
 
 Optuna is imported inside the functions, so importing this module (and the stage scripts) stays
 cheap.
@@ -525,6 +526,10 @@ class _Surplus(Exception):
     """This worker's new trial would exceed the study's budget (other workers filled it)."""
 
 
+class _Invalid(Exception):
+    """The trial's values together make an invalid config (each was valid on its own)."""
+
+
 def _count(study, before: int | None = None) -> int:
     from optuna.trial import TrialState
 
@@ -587,7 +592,11 @@ def _objective(search: Search, train: Callable, base_config: dict, budget: int):
             raise _Surplus(f"trial {trial.number}: the budget of {budget} trials is spent")
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
         params = {key: dim.suggest(trial) for key, dim in search.space.items()}
-        config = apply_params(base_config, params)
+        try:
+            config = apply_params(base_config, params)
+        except UserError as err:
+            log.warning("trial %d: %s together are not valid (%s)", trial.number, params, err)
+            raise _Invalid(str(err)) from None
         trial.set_user_attr("max_epochs", config["N_EPOCHS"])
         t0 = time.perf_counter()
 
@@ -685,25 +694,41 @@ def run_search(
             return
         _trial_line(study_, trial)
         bar.update(1)
-        if trial.state == TrialState.COMPLETE or study_.best_trials:
-            try:
-                bar.set_postfix(best=f"{study_.best_value:.4f}")
-            except ValueError:
-                pass
+        try:
+            bar.set_postfix(best=f"{study_.best_value:.4f}")
+        except ValueError:
+            pass  # no trial has completed yet
 
     counted = tuple(TrialState[name] for name in COUNTED)
+    deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
     try:
-        study.optimize(
-            _objective(search, train, base_config, budget),
-            n_trials=remaining,
-            timeout=settings.timeout,
-            callbacks=[MaxTrialsCallback(budget, states=counted), on_trial],
-            catch=(_Surplus, RuntimeError),
-            gc_after_trial=True,
-        )
+        # A failed trial does not count towards the budget: run again for the trials it left,
+        # at most `budget` rounds (a space where every trial fails still ends).
+        for _ in range(budget):
+            left = None if deadline is None else deadline - time.monotonic()
+            failed = _n_failed(study)
+            study.optimize(
+                _objective(search, train, base_config, budget),
+                n_trials=remaining,
+                timeout=left,
+                callbacks=[MaxTrialsCallback(budget, states=counted), on_trial],
+                catch=(_Surplus, _Invalid, RuntimeError),
+                gc_after_trial=True,
+            )
+            remaining = budget - _count(study)
+            timed_out = deadline is not None and time.monotonic() >= deadline
+            if remaining <= 0 or timed_out or _n_failed(study) == failed:
+                break
     finally:
         bar.close()
     return study
+
+
+def _n_failed(study) -> int:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    return sum(1 for t in trials if not t.user_attrs.get("surplus"))
 
 
 def best_config(study, space: dict[str, Dimension], base_config: dict) -> tuple[dict, dict]:

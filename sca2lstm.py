@@ -817,6 +817,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     elif world > 1:
         raise UserError("started by torchrun with several processes: add --parallel")
     search = None
+    if args.search_only and not (config["ENABLE_HYPEROPT"] or args.window_sizes):
+        raise UserError(
+            "--search_only applies to a search: add --enable_hyperopt or --window_sizes"
+        )
     if config["ENABLE_HYPEROPT"] or args.window_sizes:
         if args.parallel or args.resume:
             raise UserError(

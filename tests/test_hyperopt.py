@@ -237,6 +237,18 @@ def test_parse_space_rejects_bad_entries():
         )
 
 
+def test_search_keys_are_validated_with_the_config():
+    for overrides, needle in (
+        ({"OPTUNA_TPE": {"n_startup_trials": 5}}, "OPTUNA_TPE must set exactly"),
+        ({"OPTUNA_MEDIAN_PRUNER": {**PRUNER, "n_warmup_steps": -1}}, "n_warmup_steps"),
+        ({"OPTUNA_HEARTBEAT_INTERVAL": 0}, "OPTUNA_HEARTBEAT_INTERVAL"),
+        ({"OPTUNA_STUDY_NAME": "a/b"}, "OPTUNA_STUDY_NAME"),
+        ({"HYPEROPT_SPACE": {"LR": 1.0e-3}}, "must be a table"),
+    ):
+        with pytest.raises(UserError, match=needle):
+            load_config(overrides=overrides)
+
+
 def test_mask_url_hides_the_password():
     masked = hyperopt.mask_url("postgresql+psycopg2://alice:s3cret@db.example:5432/optuna")
     assert "s3cret" not in masked and "***" in masked and "alice@" not in masked
