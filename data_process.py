@@ -36,6 +36,7 @@ from utils import (
     positive_int,
     run_cli,
     setup_logging,
+    show_config_defaults,
     write_csv,
     write_json,
 )
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--demo_dir", help=f"where --make_demo writes the demo data (default {hd.DEMO_DIR})"
     )
+    show_config_defaults(parser, "data_process")
     return parser
 
 

@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from hydrologyDataset import (
     BasinData,
@@ -57,13 +56,17 @@ from hyperopt import (
 )
 from sca2lstm import SCA2LSTM, ModelArgs
 from utils import (
-    STAGES,
+    MODEL_KEYS,
+    HelpFormatter,
     TrainSettings,
     UserError,
     add_common_args,
     basin_metrics_table,
     checkpoint_payload,
     close_log_files,
+    config_summary,
+    ensure_writable,
+    explicit_keys,
     fit,
     iso_date,
     load_checkpoint,
@@ -71,7 +74,6 @@ from utils import (
     log,
     make_run_dir,
     output_root,
-    parse_set,
     period,
     plot_training_curve,
     positive_int,
@@ -81,6 +83,7 @@ from utils import (
     save_checkpoint,
     seed_everything,
     setup_logging,
+    show_config_defaults,
     validate_config,
     write_csv,
     write_json,
@@ -94,30 +97,6 @@ FREEZE_GROUPS = ("embedding", "lstm1", "weight_head")
 TRAINED_GROUPS = ("lstm2", "head")
 # The product README advises at least about 5000 valid daily records for fine-tuning.
 MIN_RECORDS = 5000
-# Keys that describe the model's inputs, windows, size, periods and basin lists: they come from the
-# checkpoint, never from the current run (the weights and scalers only make sense with them).
-INHERITED_KEYS = (
-    "MODE",
-    "DYNAMIC_INPUTS",
-    "TARGET",
-    "STATIC_ATTRIBUTES",
-    "SEQ_LEN",
-    "PRED_LEN",
-    "PREDICT_LAST_N",
-    "LSTM_HIDDEN_DIM",
-    "DROPOUT",
-    "EMBEDDING_DIM",
-    "NUM_LAYERS",
-    "TRAIN_START",
-    "TRAIN_END",
-    "VAL_START",
-    "VAL_END",
-    "TEST_START",
-    "TEST_END",
-    "TRAIN_BASINS",
-    "VAL_BASINS",
-    "TEST_BASINS",
-)
 CHECKPOINT_NAME = "best_model_basin_{basin}.pth"
 
 
@@ -126,6 +105,7 @@ CHECKPOINT_NAME = "best_model_basin_{basin}.pth"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         description=(
             "Fine-tune a pretrained SCA2LSTM on one CAMELS-GB basin. Flags left out take their "
             "value from run.config (its fine_tune section); the model, scalers, inputs and "
@@ -170,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo", action="store_true", help="use the synthetic demo dataset")
     add_search_args(parser)
     add_common_args(parser)
+    show_config_defaults(parser, "fine_tune")
     return parser
 
 
@@ -182,6 +163,7 @@ def resolve_fine_tune_config(args: argparse.Namespace) -> dict:
         "FINE_TUNE_RATIO": args.fine_tune_ratio,
         "SEED": args.seed,
         "OUTPUT_DIR": args.output_dir,
+        "NUM_THREADS": args.threads,
         **search_flags(args),
     }
     if args.batch_size is not None:
@@ -194,16 +176,6 @@ def resolve_fine_tune_config(args: argparse.Namespace) -> dict:
             f"WEIGHT_DECAY (--weight_decay) must be 0 or more, got {config['WEIGHT_DECAY']}"
         )
     return config
-
-
-def explicit_keys(args: argparse.Namespace) -> set[str]:
-    """Config keys the user set on purpose (--set, or a --config file's top level/fine_tune)."""
-    keys = set(parse_set(args.set))
-    if args.config:
-        data = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
-        keys |= {k for k in data if k not in STAGES}
-        keys |= set(data.get("fine_tune") or {})
-    return keys
 
 
 # --------------------------------------------------------------------------- checkpoint
@@ -260,7 +232,7 @@ def model_from_checkpoint(ckpt: dict, path: Path) -> tuple[SCA2LSTM, FeatureSpec
 
 
 def merge_checkpoint_config(run_config: dict, ckpt: dict, explicit: set[str], path: Path) -> dict:
-    """The run's config with INHERITED_KEYS taken from the checkpoint's config.
+    """The run's config with MODEL_KEYS taken from the checkpoint's config.
 
     Raises
     ------
@@ -268,17 +240,17 @@ def merge_checkpoint_config(run_config: dict, ckpt: dict, explicit: set[str], pa
         The checkpoint's config lacks keys, or the user set an inherited key to another value.
     """
     saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
-    missing = [k for k in INHERITED_KEYS if k not in saved]
+    missing = [k for k in MODEL_KEYS if k not in saved]
     if missing:
         raise UserError(f"{path} has no {', '.join(missing)} in its config; retrain it")
-    clash = [k for k in INHERITED_KEYS if k in explicit and run_config[k] != saved[k]]
+    clash = [k for k in MODEL_KEYS if k in explicit and run_config[k] != saved[k]]
     if clash:
         given = ", ".join(f"{k}={run_config[k]!r} (checkpoint: {saved[k]!r})" for k in clash)
         raise UserError(
             f"{given}: the model's inputs, windows, size and periods come from the checkpoint "
             f"{path} and cannot change when fine-tuning; drop them from --set/--config"
         )
-    config = {**run_config, **{k: saved[k] for k in INHERITED_KEYS}}
+    config = {**run_config, **{k: saved[k] for k in MODEL_KEYS}}
     validate_config(config)
     return config
 
@@ -430,13 +402,16 @@ def prepare(args: argparse.Namespace) -> FineTuneJob:
         Any bad input: config values, basin id, checkpoint, data, dates, ratio.
     """
     run_config = resolve_fine_tune_config(args)
+    ensure_writable(output_root(run_config), "the output folder")
     basin = str(args.target_basin).strip()
     if not basin.isdigit():
         raise UserError(f"--target_basin {basin!r} is not a CAMELS-GB gauge id (e.g. 32006)")
     parent = Path(args.pretrained_model).expanduser()
     ckpt = load_checkpoint(parent)
     model, spec, scalers = model_from_checkpoint(ckpt, parent)
-    config = merge_checkpoint_config(run_config, ckpt, explicit_keys(args), parent)
+    config = merge_checkpoint_config(
+        run_config, ckpt, explicit_keys(args.config, args.set, stage="fine_tune"), parent
+    )
     try:
         data_dir = resolve_data_dir(args.data_dir, config, demo=args.demo)
     except UserError as err:
@@ -551,7 +526,7 @@ def fine_tune(job: FineTuneJob, run_dir: Path) -> dict:
     b = job.data.basins[basin]
     log.info("run folder %s", run_dir)
     write_yaml(run_dir / "config.yaml", config)
-    log.info("resolved config: %s", {k: config[k] for k in sorted(config)})
+    log.info("config: %s (every key: config.yaml)", config_summary(config))
     log.info(
         "fine-tuning basin %s (%s) from %s (stage %s, %s mode, %d channels)",
         basin,
@@ -770,7 +745,7 @@ def search(job: FineTuneJob, search_only: bool) -> tuple[FineTuneJob, dict]:
     space = parse_space(
         job.config["HYPEROPT_SPACE"], job.config, extra={"UNFREEZE": _check_unfreeze}
     )
-    fixed = [k for k in space if k in INHERITED_KEYS]
+    fixed = [k for k in space if k in MODEL_KEYS]
     if fixed:
         raise UserError(
             f"HYPEROPT_SPACE searches {', '.join(fixed)}, which the checkpoint fixes; fine-tuning "

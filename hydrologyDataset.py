@@ -84,7 +84,10 @@ class CamelsGBSource:
             have = " ".join(self.basins[:30]) + (" ..." if len(self.timeseries) > 30 else "")
             raise UserError(
                 f"basin id(s) {', '.join(unknown)} not found in {self.root} "
-                f"({len(self.timeseries)} available: {have})"
+                f"({len(self.timeseries)} available: {have}); name basins the folder holds: "
+                "sca2lstm.py --train_basins/--val_basins/--test_basins (the default lists are "
+                "TRAIN_BASINS/VAL_BASINS/TEST_BASINS in run.config), fine_train.py "
+                "--target_basin, predict.py --basins, pso_lstm.py --basin_id"
             )
         return basins
 
@@ -161,6 +164,38 @@ def find_source(root: Path) -> CamelsGBSource:
 # --------------------------------------------------------------------------- reading and checking
 
 
+# Physically possible values of the CAMELS-GB timeseries columns (Coxon et al. 2020 units), wide
+# enough for any British catchment: the UK daily rainfall record is 341 mm (Seathwaite, 2009), the
+# temperature records are -27 and 40 degrees C. A value outside is a corrupt file, not weather.
+PHYSICAL_RANGES: dict[str, tuple[float, float, str]] = {
+    "precipitation": (0.0, 1000.0, "mm/day"),
+    "pet": (0.0, 50.0, "mm/day"),
+    "peti": (0.0, 50.0, "mm/day"),
+    "temperature": (-60.0, 60.0, "degrees C"),
+    "discharge_spec": (0.0, 1000.0, "mm/day"),
+    "discharge_vol": (0.0, 100000.0, "m3/s"),
+    "humidity": (0.0, 50.0, "g/kg"),
+    "shortwave_rad": (0.0, 1500.0, "W/m2"),
+    "longwave_rad": (0.0, 1000.0, "W/m2"),
+    "windspeed": (0.0, 100.0, "m/s"),
+}
+
+
+def _check_physical(path: Path, basin: str, col: str, raw: pd.Series, num: np.ndarray) -> None:
+    """Raise UserError at the first infinite or physically impossible value of one column."""
+    lo, hi, unit = PHYSICAL_RANGES.get(col, (-np.inf, np.inf, ""))
+    with np.errstate(invalid="ignore"):
+        bad = np.isinf(num) | (num < lo) | (num > hi)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        allowed = f"between {lo:g} and {hi:g} {unit}" if np.isfinite(lo) else "finite"
+        raise UserError(
+            f"{path} (basin {basin}) line {row + 2}: column {col} holds {raw.iloc[row]!r}, "
+            f"which is physically impossible ({col} must be {allowed}); correct the value or "
+            f"write NaN for a missing one ({int(bad.sum())} such value(s) in this column)"
+        )
+
+
 def read_timeseries(
     path: Path, basin: str, columns: Sequence[str]
 ) -> tuple[np.datetime64, np.ndarray]:
@@ -185,7 +220,8 @@ def read_timeseries(
     Raises
     ------
     UserError
-        Missing columns, non-numeric values, unparseable or duplicated dates, an empty file.
+        Missing columns, non-numeric values, infinite or physically impossible values
+        (:data:`PHYSICAL_RANGES`), unparseable or duplicated dates, an empty file.
     """
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -220,6 +256,7 @@ def read_timeseries(
                 f"{path} (basin {basin}) line {row + 2}: column {col} holds "
                 f"{frame[col].iloc[row]!r}, which is not a number (write NaN for a missing value)"
             )
+        _check_physical(path, basin, col, raw, num.to_numpy(dtype=np.float64))
         values[:, j] = num.to_numpy(dtype=np.float32)
     days = dates.to_numpy().astype("datetime64[D]")
     order = np.argsort(days, kind="stable")
@@ -449,7 +486,18 @@ def prepare_input_data(
     basins = source.check_basins(basins)
     columns = input_columns(config)
     out = input_dir_for(config, source.root)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        records, todo = _build_basins(config, source, basins, columns, out, workers, overwrite)
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # a run that failed on its first basin leaves no empty folder behind
+        raise
+    return out, records, [job[0] for job in todo]
+
+
+def _build_basins(config, source, basins, columns, out, workers, overwrite):
     records, todo = {}, []
     for basin in basins:
         record = (
@@ -472,7 +520,7 @@ def prepare_input_data(
                 records[record["basin"]] = record
                 bar.update()
         bar.close()
-    return out, records, [job[0] for job in todo]
+    return records, todo
 
 
 def load_input_data(

@@ -20,7 +20,8 @@ temporary folder and renamed at the end, so a failed run leaves no folder behind
   sim_mm_day, obs_m3s, sim_m3s; one row per target day and lead.
 - ``metrics.csv`` (one row per model and basin) and ``metrics.json`` (the same, plus the run's
   settings and notes): NSE, KGE with r/alpha/beta, RMSE and MAE in mm/day and m³/s, R², bias %,
-  the number of scored days; in forecast mode also persistence NSE and the skill over it.
+  Pearson r, alpha-/beta-NSE, FHV/FLV/FMS, peak timing and missed peaks (NaN with several forecast
+  leads), the number of scored days; in forecast mode also persistence NSE and the skill over it.
 - ``config.yaml`` (resolved config) and ``predict.log``.
 - Per basin (first model, lead 1 in forecast mode): ``hydrograph_<id>.png``, ``scatter_<id>.png``,
   ``residuals_<id>.png``, ``fdc_<id>.png``; with ``--compare`` also ``compare_hydrograph_<id>.png``.
@@ -59,12 +60,16 @@ from hydrologyDataset import (
     resolve_data_dir,
 )
 from utils import (
+    MODEL_KEYS,
     ROOT,
+    HelpFormatter,
     UserError,
     add_common_args,
     basin_metrics_table,
     close_log_files,
+    config_summary,
     csv_list,
+    ensure_writable,
     load_checkpoint,
     load_config,
     log,
@@ -79,6 +84,7 @@ from utils import (
     save_figure,
     series_by_basin,
     setup_logging,
+    show_config_defaults,
     write_csv,
     write_json,
     write_yaml,
@@ -92,9 +98,10 @@ MODEL_CLASSES: dict[str, str] = {"SCA2LSTM": "sca2lstm", "PSOLSTM": "pso_lstm"}
 SEASONS = ("DJF", "MAM", "JJA", "SON")
 _SEASON_OF_MONTH = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 0])  # index: month 1..12
 METRIC_COLUMNS = (
-    "model", "basin", "gauge_name", "group", "n_scored", "nse", "kge", "kge_r", "kge_alpha",
-    "kge_beta", "rmse_mm_day", "mae_mm_day", "rmse_m3s", "mae_m3s", "r2", "bias_pct",
-    "persistence_nse", "skill_vs_persistence", "checkpoint",
+    "model", "basin", "gauge_name", "group", "days_seen_in_training", "n_scored", "nse", "kge",
+    "kge_r", "kge_alpha", "kge_beta", "rmse_mm_day", "mae_mm_day", "rmse_m3s", "mae_m3s", "r2",
+    "bias_pct", "pearson_r", "alpha_nse", "beta_nse", "fhv", "flv", "fms", "peak_timing",
+    "missed_peaks", "persistence_nse", "skill_vs_persistence", "checkpoint",
 )  # fmt: skip
 
 
@@ -197,6 +204,8 @@ def resolve_checkpoint(patterns: Sequence[str], flag: str) -> Path:
                 )
             found += matches
         else:
+            if os.path.isdir(expanded):
+                load_checkpoint(expanded)  # raises the error that names the .pth files inside
             if not os.path.isfile(expanded):
                 raise UserError(f"{flag} {pattern}: checkpoint not found; check the path")
             found.append(expanded)
@@ -256,6 +265,30 @@ def basin_groups(ckpt: dict) -> dict[str, str]:
     return group
 
 
+def training_spans(ckpt: dict) -> dict[str, list[tuple[np.datetime64, np.datetime64]]]:
+    """Basin -> the date ranges whose observations trained this checkpoint (inclusive)."""
+    config = ckpt.get("config") or {}
+    spans: dict[str, list[tuple[np.datetime64, np.datetime64]]] = {}
+    if "TRAIN_START" in config:
+        train = (np.datetime64(config["TRAIN_START"], "D"), np.datetime64(config["TRAIN_END"], "D"))
+        for b in (ckpt.get("basins") or {}).get("TRAIN_BASINS") or []:
+            spans.setdefault(str(b), []).append(train)
+    own, split = checkpoint_basin(ckpt), ckpt.get("split")
+    if own and isinstance(split, dict) and "train_start" in split:
+        block = (np.datetime64(split["train_start"], "D"), np.datetime64(split["train_end"], "D"))
+        spans.setdefault(own, []).append(block)
+    return spans
+
+
+def days_seen_in_training(spans: list, dates: np.ndarray, obs: np.ndarray) -> int:
+    """How many distinct scored days (observed target) lie inside the training ``spans``."""
+    scored = np.unique(dates[np.isfinite(obs)])
+    seen = np.zeros(scored.shape, dtype=bool)
+    for lo, hi in spans:
+        seen |= (scored >= lo) & (scored <= hi)
+    return int(seen.sum())
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -263,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Predict with a checkpoint; write predictions, metrics and plots "
         "(defaults from run.config and the checkpoint).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--model",
@@ -299,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log_scale", action="store_true", help="log axes on the scatter plot")
     parser.add_argument("--demo", action="store_true", help="use the synthetic demo dataset")
     add_common_args(parser)
+    show_config_defaults(parser, "predict")
     return parser
 
 
@@ -435,6 +469,13 @@ def run_model(
             windows, pred, data, {b: groups.get(b, "unseen") for b in basins}
         )
     metrics = metrics.rename(columns={"rmse": "rmse_mm_day", "mae": "mae_mm_day"})
+    spans = training_spans(lm.ckpt)
+    metrics["days_seen_in_training"] = [
+        days_seen_in_training(spans.get(b, []), series[b]["date"], series[b]["obs"])
+        if b in series
+        else 0
+        for b in metrics["basin"]
+    ]
     metrics.insert(0, "model", lm.label)
     metrics["checkpoint"] = str(lm.path)
     metrics = metrics.reindex(columns=list(METRIC_COLUMNS))
@@ -845,6 +886,10 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
             "model %s: %s (%s, stage %s)", label, lm.path, lm.model_class, lm.ckpt.get("stage")
         )
     first = models[0]
+    # What the run did is the checkpoint's model, inputs, windows and periods, not run.config's.
+    saved = first.ckpt.get("config") or {}
+    config = {**config, **{k: saved[k] for k in MODEL_KEYS if k in saved}}
+    log.info("config of %s: %s", first.label, config_summary(config))
     if args.export_weights and first.model_class != "SCA2LSTM":
         raise UserError(
             f"--export_weights needs an SCA2LSTM checkpoint; {first.path} holds a "
@@ -887,12 +932,19 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
         metrics.insert(0, "data", "SYNTHETIC")
         predictions.insert(0, "data", "SYNTHETIC")
     for _, row in metrics.iterrows():
+        seen = int(row["days_seen_in_training"])
         log.info(
-            "%s  %s %-28s %s",
+            "%s  %s %-28s %s%s",
             row["model"],
             row["basin"],
             str(row["gauge_name"])[:28],
             _score_line(row),
+            f"  [IN-SAMPLE: {seen} of the scored days trained this model]" if seen else "",
+        )
+    if (metrics["days_seen_in_training"] > 0).any():
+        log.warning(
+            "some scores are in-sample (column days_seen_in_training): those days trained the "
+            "model, so they overstate its skill; score the test period for an honest figure"
         )
 
     parent = output_root(config) / "predict"
@@ -961,13 +1013,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """
     args = build_parser().parse_args(argv)
     config = load_config(
-        args.config, stage="predict", overrides=args.set, flags={"OUTPUT_DIR": args.output_dir}
+        args.config,
+        stage="predict",
+        overrides=args.set,
+        flags={"OUTPUT_DIR": args.output_dir, "NUM_THREADS": args.threads},
     )
     setup_logging()
+    ensure_writable(output_root(config), "the output folder")
     backlog = _Backlog()
     log.addHandler(backlog)
     try:
-        log.info("resolved config: %s", {k: config[k] for k in sorted(config)})
         log.info("model, inputs, scalers and mode come from the checkpoint; none is refitted")
         return predict(args, config, backlog)
     finally:

@@ -58,13 +58,16 @@ from hydrologyDataset import (
 from utils import (
     PSO_DIMENSIONS,
     CheckpointLoadable,
+    HelpFormatter,
     TrainSettings,
     UserError,
     add_common_args,
     basin_metrics_table,
     checkpoint_payload,
     close_log_files,
+    config_summary,
     csv_list,
+    ensure_writable,
     fit,
     iso_date,
     load_config,
@@ -83,6 +86,7 @@ from utils import (
     seed_everything,
     series_by_basin,
     setup_logging,
+    show_config_defaults,
     validate_config,
     write_csv,
     write_json,
@@ -803,7 +807,7 @@ def run_basin(
         *periods["validation"],
         *periods["test"],
     )
-    log.info("resolved config: %s", {k: config[k] for k in sorted(config)})
+    log.info("config: %s (every key: config.yaml)", config_summary(config))
     log.info("PSO dimensions %s", space.describe())
     write_yaml(run_dir / "config.yaml", config)
 
@@ -1040,6 +1044,7 @@ def bound_pair(text: str) -> tuple[int | float, int | float]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         description=(
             "Tune a per-basin LSTM with particle swarm optimisation (pyswarms GlobalBestPSO), "
             "train it and score it (defaults from run.config, section pso_lstm). Searched "
@@ -1106,6 +1111,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no_cuda", action="store_true", help="run on the CPU")
     train.add_argument("--demo", action="store_true", help="use the synthetic demo dataset")
     add_common_args(parser)
+    show_config_defaults(parser, "pso_lstm")
     return parser
 
 
@@ -1128,6 +1134,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[dict, frozenset[str]]:
         "PSO_C2": args.c2,
         "PSO_W": args.w,
         "PSO_INPUTS": args.inputs,
+        "NUM_THREADS": args.threads,
     }
     given = {n: getattr(args, n) for n in PSO_DIMENSIONS if getattr(args, n) is not None}
     for name, value in given.items():
@@ -1191,6 +1198,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     config, fixed = resolve_config(args)
     setup_logging()
+    root = Path(args.output_dir) if args.output_dir else output_root(config) / "pso_lstm"
+    ensure_writable(root, "the output folder")
     data_dir = resolve_data_dir(args.data_dir, config, demo=args.demo)
     device = resolve_device(args.device, args.no_cuda, config)
     seed_everything(config["SEED"])
@@ -1215,7 +1224,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
         log.warning("running on SYNTHETIC demo data: scores say nothing about real catchments")
     log.info("PSO dimensions %s", space.describe())
 
-    root = Path(args.output_dir) if args.output_dir else output_root(config) / "pso_lstm"
     summary = _reserve_summary(root)
     results, rows = {}, []
     try:

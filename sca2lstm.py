@@ -51,14 +51,18 @@ from hyperopt import (
 )
 from utils import (
     CheckpointLoadable,
+    HelpFormatter,
     TrainSettings,
     UserError,
     add_common_args,
     basin_metrics_table,
     checkpoint_payload,
     close_log_files,
+    config_summary,
     csv_list,
     distributed_rank,
+    ensure_writable,
+    explicit_keys,
     fit,
     init_distributed,
     load_checkpoint,
@@ -78,6 +82,7 @@ from utils import (
     seed_everything,
     series_by_basin,
     setup_logging,
+    show_config_defaults,
     write_csv,
     write_json,
     write_yaml,
@@ -333,7 +338,7 @@ def activation_memory_estimate(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Pretrain SCA2LSTM on many CAMELS-GB basins (defaults from run.config).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--epochs", type=positive_int, help="N_EPOCHS")
     parser.add_argument(
@@ -390,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         "window_comparison.csv and window_size_comparison.png in the study folder",
     )
     add_common_args(parser)
+    show_config_defaults(parser, "pretrain")
     return parser
 
 
@@ -403,6 +409,13 @@ def window_list(text: str) -> list[int]:
 
 def resolve_pretrain_config(args: argparse.Namespace) -> dict:
     """run.config -> [pretrain] -> --config -> --set -> flags."""
+    return load_config(
+        args.config, stage="pretrain", overrides=args.set, flags=pretrain_flags(args)
+    )
+
+
+def pretrain_flags(args: argparse.Namespace) -> dict:
+    """The config keys that dedicated flags set (None: not given)."""
     flags = {
         "N_EPOCHS": args.epochs,
         "SEED": args.seed,
@@ -414,6 +427,7 @@ def resolve_pretrain_config(args: argparse.Namespace) -> dict:
         "TEST_BASINS": args.test_basins,
         "GRADIENT_ACCUMULATION": args.accumulation_steps,
         "OUTPUT_DIR": args.output_dir,
+        "NUM_THREADS": args.threads,
         "MODEL_SIZE": args.model_size,
         **search_flags(args),
     }
@@ -427,7 +441,76 @@ def resolve_pretrain_config(args: argparse.Namespace) -> dict:
         flags["MIXED_PRECISION"] = True
     if args.gradient_checkpointing:
         flags["GRADIENT_CHECKPOINTING"] = True
-    return load_config(args.config, stage="pretrain", overrides=args.set, flags=flags)
+    return flags
+
+
+def resume_config(config: dict, explicit: set[str], resume_dir: Path) -> dict:
+    """The config a resumed run continues with, and what it will do, checked before any work.
+
+    The run keeps its own settings (epochs included); keys given now by flag, ``--set`` or
+    ``--config`` change them, and keys added to run.config after that run take today's values.
+
+    Raises
+    ------
+    UserError
+        The run has already trained all its epochs or stopped early.
+    """
+    last = load_checkpoint(resume_dir / "last_model.pth")
+    config = {**config, **last["config"], **{k: config[k] for k in explicit}}
+    done, total = int(last["epoch"]), config["N_EPOCHS"]
+    state = last.get("training_state") or {}
+    patience = config["PATIENCE"]
+    if patience and state.get("bad_epochs", 0) >= patience and "N_EPOCHS" not in explicit:
+        raise UserError(
+            f"--resume {resume_dir}: that run stopped early after epoch {done} (no better "
+            f"validation NSE for {patience} epochs); start a new run, or resume with a larger "
+            "--set PATIENCE=N and --epochs N to train on"
+        )
+    if done >= total:
+        raise UserError(
+            f"--resume {resume_dir}: that run has finished all {total} of its epochs; pass "
+            f"--epochs N with N above {done} to train on, or start a new run"
+        )
+    log.info(
+        "resuming %s after epoch %d of %d: %d more epoch(s), then the test-period scores",
+        resume_dir,
+        done,
+        total,
+        total - done,
+    )
+    return config
+
+
+def _pointer_stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_ino
+
+
+def publish_pointer(
+    best: dict, config: dict, run_dir: Path, started: tuple[int, int] | None, dry_run: bool
+) -> Path | None:
+    """Write ``model_output/sca2lstm.pth``, the checkpoint every readme command points at.
+
+    A ``--dry-run`` never replaces it: a smoke test must not overwrite a good model. When another
+    run wrote it while this one trained, the log says so; the newest finished run wins, and each
+    run keeps its own ``best_model.pth``.
+    """
+    pointer = output_root(config) / "sca2lstm.pth"
+    if dry_run:
+        log.info("--dry-run: %s is left as it was; this run's model is in %s", pointer, run_dir)
+        return None
+    if _pointer_stamp(pointer) != started:
+        log.warning(
+            "%s was written by another run while this one trained; it now points at this run "
+            "(%s); the other run's model stays in its own folder",
+            pointer,
+            run_dir,
+        )
+    save_checkpoint(pointer, best)
+    return pointer
 
 
 def _find_resume(config: dict, value: str) -> Path:
@@ -581,6 +664,7 @@ def pretrain(
     dict
         ``run_dir``, ``checkpoint`` (best), ``history`` and per-basin ``metrics`` (DataFrame).
     """
+    started = _pointer_stamp(output_root(config) / "sca2lstm.pth")
     job = prepare_pretrain(config, data_dir, device, dry_run=dry_run)
     spec, data, scalers, groups = job.spec, job.data, job.scalers, job.groups
     train, val, model, settings = job.train, job.val, job.model, job.settings
@@ -660,6 +744,9 @@ def pretrain(
     )
     pred = predict_windows(model, test, batch_size=max(1024, settings.batch_size))
     metrics = basin_metrics_table(test, pred, data, group_of)
+    # Validation basins are often training basins too: their test-period days are unseen, but
+    # the basin is not. Say which is which, in the table and in the log.
+    metrics.insert(3, "trained_on", metrics["basin"].isin(groups["train"]))
     if data.synthetic:
         metrics.insert(0, "data", "SYNTHETIC")
     write_csv(run_dir / "metrics_test_period.csv", metrics)
@@ -668,8 +755,10 @@ def pretrain(
     plot_channel_weights(
         weights, run_dir / "channel_weights.png", f"SCA2LSTM mean channel weights, test period{tag}"
     )
+    unseen = metrics.loc[~metrics["trained_on"], "nse"]
     summary = {
         "median_test_nse": float(np.nanmedian(metrics["nse"])),
+        "median_test_nse_unseen_basins": float(np.nanmedian(unseen)) if len(unseen) else None,
         "best_epoch": result.best_epoch,
         "best_val_nse": result.best_score,
     }
@@ -685,26 +774,31 @@ def pretrain(
         extra={"history": result.history},
     )
     save_checkpoint(run_dir / "best_model.pth", best)
-    save_checkpoint(output_root(config) / "sca2lstm.pth", best)
+    pointer = publish_pointer(best, config, run_dir, started, dry_run)
     for _, row in metrics.iterrows():
         extra = (
             f"  persistence NSE {row['persistence_nse']:.3f}" if "persistence_nse" in row else ""
         )
         log.info(
-            "test period  %s %-32s NSE %.3f  KGE %.3f  bias %+.1f%%%s",
+            "test period  %s %-32s NSE %.3f  KGE %.3f  bias %+.1f%%%s%s",
             row["basin"],
             str(row["gauge_name"])[:32],
             row["nse"],
             row["kge"],
             row["bias_pct"],
             extra,
+            "  (a training basin: unseen days, seen basin)" if row["trained_on"] else "",
         )
     log.info(
-        "median test-period NSE %.3f; best epoch %d; checkpoint %s and %s",
+        "median test-period NSE %.3f over %d basins never trained on, %.3f over all %d scored "
+        "(training basins included); best epoch %d; checkpoint %s%s",
+        summary["median_test_nse_unseen_basins"] or float("nan"),
+        len(unseen),
         summary["median_test_nse"],
+        len(metrics),
         result.best_epoch,
         run_dir / "best_model.pth",
-        output_root(config) / "sca2lstm.pth",
+        f" and {pointer}" if pointer else "",
     )
     return {
         "run_dir": run_dir,
@@ -782,6 +876,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     config = resolve_pretrain_config(args)
     setup_logging()
+    ensure_writable(output_root(config), "the output folder")
     data_dir = resolve_data_dir(args.data_dir, config, demo=args.demo)
     device = resolve_device(args.device, args.no_cuda, config)
     rank, world = 0, int(os.environ.get("WORLD_SIZE", "1"))
@@ -840,9 +935,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     seed_everything(config["SEED"])
     resume_dir = _find_resume(config, args.resume) if args.resume else None
     if resume_dir is not None:
-        saved = load_checkpoint(resume_dir / "last_model.pth")["config"]
-        # Keys added to run.config after that run take their current values.
-        config = {**config, **saved, "N_EPOCHS": config["N_EPOCHS"]}
+        explicit = explicit_keys(args.config, args.set, pretrain_flags(args), "pretrain")
+        config = resume_config(config, explicit, resume_dir)
     # Everything is checked before the run folder exists, so bad input leaves nothing behind.
     load_input_data(
         config,
@@ -864,7 +958,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if search is not None:
             keys = ("study_name", "storage", "study_dir", "best_trial", "best_score", "best_params")
             write_json(run_dir / "hyperopt_source.json", {k: search[k] for k in keys})
-        log.info("resolved config: %s", {k: config[k] for k in sorted(config)})
+        log.info("config: %s (every key: config.yaml)", config_summary(config))
         return pretrain(config, data_dir, device, run_dir, resume_dir, dry_run=args.dry_run)
     except BaseException:
         if rank == 0 and not (run_dir / "last_model.pth").exists():

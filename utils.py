@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import re
 import sys
 import tempfile
 import warnings
@@ -114,6 +115,7 @@ SCHEMA: dict[str, type | tuple[type, ...]] = {
     "PIN_MEMORY": bool,
     "PREFETCH_FACTOR": int,
     "PERSISTENT_WORKERS": bool,
+    "NUM_THREADS": int,
     "PSO_N_PARTICLES": int,
     "PSO_ITERS": int,
     "PSO_EPOCHS": int,
@@ -157,6 +159,31 @@ PSO_DIMENSIONS = (
     "num_layers",
 )
 BASIN_KEYS = ("TRAIN_BASINS", "VAL_BASINS", "TEST_BASINS")
+
+# Keys that describe the model's inputs, windows, size, periods and basin lists: they come from the
+# checkpoint, never from the current run (the weights and scalers only make sense with them).
+MODEL_KEYS = (
+    "MODE",
+    "DYNAMIC_INPUTS",
+    "TARGET",
+    "STATIC_ATTRIBUTES",
+    "SEQ_LEN",
+    "PRED_LEN",
+    "PREDICT_LAST_N",
+    "LSTM_HIDDEN_DIM",
+    "DROPOUT",
+    "EMBEDDING_DIM",
+    "NUM_LAYERS",
+    "TRAIN_START",
+    "TRAIN_END",
+    "VAL_START",
+    "VAL_END",
+    "TEST_START",
+    "TEST_END",
+    "TRAIN_BASINS",
+    "VAL_BASINS",
+    "TEST_BASINS",
+)
 MODEL_SIZE_KEYS = ("LSTM_HIDDEN_DIM", "NUM_LAYERS", "EMBEDDING_DIM")
 PERIODS = {
     "train": ("TRAIN_START", "TRAIN_END"),
@@ -247,6 +274,34 @@ def parse_set(items: Iterable[str]) -> dict[str, Any]:
             value = raw
         out[key.strip()] = value
     return out
+
+
+def explicit_keys(
+    config_file: str | Path | None,
+    overrides: Iterable[str] = (),
+    flags: dict[str, Any] | None = None,
+    stage: str | None = None,
+) -> set[str]:
+    """Config keys the user set on purpose for this call: by flag, ``--set`` or ``--config``.
+
+    Parameters
+    ----------
+    config_file : str or Path, optional
+        The ``--config`` file; its top level and its ``stage`` section count.
+    overrides : iterable of str
+        ``--set KEY=VALUE`` items.
+    flags : dict, optional
+        Dedicated flags as passed to :func:`load_config`; those not given (None) do not count.
+    stage : str, optional
+        The running stage.
+    """
+    keys = set(parse_set(overrides)) | {k for k, v in (flags or {}).items() if v is not None}
+    if config_file:
+        data = _read_yaml(Path(config_file))
+        keys |= {k for k in data if k not in STAGES}
+        if stage:
+            keys |= set(data.get(stage) or {})
+    return keys
 
 
 def load_config(
@@ -366,7 +421,7 @@ def validate_config(config: dict[str, Any]) -> None:
     ):
         if config[key] < 1:
             raise UserError(f"{key} must be at least 1, got {config[key]}")
-    for key in ("PATIENCE", "WARMUP_STEPS", "NUM_WORKERS", "SAMPLES_PER_EPOCH"):
+    for key in ("PATIENCE", "WARMUP_STEPS", "NUM_WORKERS", "SAMPLES_PER_EPOCH", "NUM_THREADS"):
         if config[key] < 0:
             raise UserError(f"{key} must be 0 or more, got {config[key]}")
     for key in ("LR", "LR_GPU"):
@@ -522,6 +577,43 @@ def add_common_args(
             default="auto",
             help="auto | cpu | cuda | cuda:N; an unavailable device is an error unless auto",
         )
+        group.add_argument(
+            "--threads",
+            type=int,
+            metavar="N",
+            help="PyTorch CPU threads of this process (NUM_THREADS; 0: PyTorch's default)",
+        )
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with real defaults only: a flag whose default comes from run.config shows that
+    value (see :func:`show_config_defaults`), never ``(default: None)``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in (
+            action.help or ""
+        ):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def show_config_defaults(parser: argparse.ArgumentParser, stage: str) -> None:
+    """Append the run.config value (with the stage's section) to each config-backed flag's help.
+
+    A flag is config-backed when its help names a run.config key (the first upper-case key in
+    it) and it has no default of its own; the value shown is what the stage uses when the flag
+    is left out and no --config/--set changes it.
+    """
+    defaults = load_config(stage=stage)
+    for action in parser._actions:
+        if action.default is not None or action.nargs == 0 or not action.help:
+            continue
+        named = re.findall(r"\b[A-Z][A-Z0-9_]+\b", action.help)
+        key = next((k for k in named if k in SCHEMA), None)
+        if key is not None:
+            value = defaults[key]
+            shown = ",".join(map(str, value)) if isinstance(value, list) else value
+            action.help += f" (run.config: {'null' if shown is None else shown})"
 
 
 def csv_list(text: str) -> list[str]:
@@ -638,6 +730,20 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(_json_safe(data), indent=2) + "\n")
 
 
+def config_summary(config: dict) -> str:
+    """One short line with the settings a reader checks first (the whole config is a file)."""
+    basins = ", ".join(f"{len(config[k])} {k.split('_')[0].lower()}" for k in BASIN_KEYS)
+    return (
+        f"{config['MODE']} mode, SEQ_LEN {config['SEQ_LEN']}, PRED_LEN {config['PRED_LEN']}, "
+        f"hidden {config['LSTM_HIDDEN_DIM']} x {config['NUM_LAYERS']}, "
+        f"embedding {config['EMBEDDING_DIM']}, {config['N_EPOCHS']} epochs, batch "
+        f"{config['BATCH_SIZE']}, LR {config['LR']:g}, seed {config['SEED']}; basins: {basins}; "
+        f"train {config['TRAIN_START']}..{config['TRAIN_END']}, "
+        f"validation {config['VAL_START']}..{config['VAL_END']}, "
+        f"test {config['TEST_START']}..{config['TEST_END']}"
+    )
+
+
 def write_yaml(path: Path, data: dict) -> None:
     """Write a resolved config as YAML, atomically."""
     atomic_write_text(path, yaml.safe_dump(_json_safe(data), sort_keys=False, width=100))
@@ -660,6 +766,38 @@ def output_root(config: dict) -> Path:
     """The output root (``OUTPUT_DIR``, relative to the repository): stage folders go below it."""
     out = Path(config["OUTPUT_DIR"])
     return out if out.is_absolute() else ROOT / out
+
+
+def ensure_writable(folder: Path, what: str) -> None:
+    """Check up front that run folders can be written under ``folder``; create nothing.
+
+    Raises
+    ------
+    UserError
+        ``folder`` (or the first existing folder above it) is a file, read-only, or refuses a
+        new file (a read-only mount, ``/proc``).
+    """
+    folder = Path(folder)
+    created: list[Path] = []
+    probe = folder
+    while not probe.exists():
+        created.append(probe)
+        probe = probe.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise UserError(
+            f"{what} {folder} cannot be written ({reason}); choose a folder you can write to "
+            "with --output_dir"
+        ) from None
+    finally:
+        for path in created:  # deepest first: leave the file system as it was
+            try:
+                path.rmdir()
+            except OSError:
+                pass
 
 
 def pyplot():
@@ -754,6 +892,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.pth"))
+        raise UserError(
+            f"{path} is a folder, not a checkpoint; give the .pth file "
+            + (f"inside it ({', '.join(inside)})" if inside else "itself (this folder holds none)")
+        )
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; train one first or check the path")
     try:
@@ -846,6 +990,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_threads(n: int) -> int:
+    """Set PyTorch's intra-op CPU threads to ``n`` (0 keeps PyTorch's default) and log it once.
+
+    Small batches of short windows gain nothing from intra-op threads, and several processes
+    that each use every core oversubscribe the CPU: measured on two cores, one busy process
+    beside a fine-tuning run slowed it from 4,107 to 37 samples/s with PyTorch's default
+    threads. Hence the default of one thread per process (NUM_THREADS).
+
+    Returns
+    -------
+    int
+        The number of threads PyTorch now uses.
+    """
+    import torch
+
+    if n > 0 and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    used = torch.get_num_threads()
+    log.info(
+        "CPU threads: %d of %d cores (NUM_THREADS=%d; --threads N changes it, 0 is PyTorch's "
+        "default; keep 1 when several runs share the machine)",
+        used,
+        os.cpu_count() or 1,
+        n,
+    )
+    return used
+
+
 def resolve_device(name: str = "auto", no_cuda: bool = False, config: dict | None = None):
     """Return the ``torch.device`` to train on and apply the CUDA settings of ``config``.
 
@@ -867,6 +1039,9 @@ def resolve_device(name: str = "auto", no_cuda: bool = False, config: dict | Non
     if config is not None and "CUDA_VISIBLE_DEVICES" not in os.environ:
         os.environ["CUDA_VISIBLE_DEVICES"] = config["CUDA_VISIBLE_DEVICES"]
     import torch
+
+    if config is not None:
+        set_threads(config["NUM_THREADS"])
 
     name = (name or "auto").strip().lower()
     if no_cuda:
@@ -917,9 +1092,9 @@ def _pairs(obs, sim) -> tuple[np.ndarray, np.ndarray]:
     return obs[keep], sim[keep]
 
 
-def _undefined(name: str) -> float:
+def _undefined(name: str, reason: str = "constant or empty observations") -> float:
     warnings.warn(
-        f"{name} is undefined for constant or empty observations; returning NaN",
+        f"{name} is undefined for {reason}; returning NaN",
         RuntimeWarning,
         stacklevel=3,
     )
@@ -981,6 +1156,260 @@ def bias_pct(obs, sim) -> float:
     return float(100.0 * np.sum(s - o) / np.sum(o))
 
 
+def pearson_r(obs, sim) -> float:
+    """Pearson correlation r = Σ(o−ō)(s−s̄) / √(Σ(o−ō)² Σ(s−s̄)²) (Pearson 1895).
+
+    The same r as :func:`kge_parts`; reported on its own under the name neuralhydrology uses.
+    NaN with a warning for constant observations or a constant simulation.
+    """
+    o, s = _pairs(obs, sim)
+    if o.size < 2 or o.std() == 0:
+        return _undefined("Pearson r")
+    if s.std() == 0:
+        return _undefined("Pearson r", "a constant simulation")
+    return float(np.corrcoef(o, s)[0, 1])
+
+
+def alpha_nse(obs, sim) -> float:
+    """Variability ratio α = σ_sim / σ_obs of the NSE decomposition (Gupta et al. 2009).
+
+    NSE = 2·α·r − α² − β_n², so α and :func:`beta_nse` are the two parts of NSE
+    besides correlation. Population standard deviations (ddof 0); 1 is perfect.
+    """
+    o, s = _pairs(obs, sim)
+    if o.size < 2 or o.std() == 0:
+        return _undefined("alpha-NSE")
+    return float(s.std() / o.std())
+
+
+def beta_nse(obs, sim) -> float:
+    """Bias normalised by the observed spread, β_n = (μ_sim − μ_obs) / σ_obs (Gupta et al. 2009).
+
+    The bias term of the NSE decomposition NSE = 2·α·r − α² − β_n²; 0 is perfect. Population
+    standard deviation (ddof 0).
+    """
+    o, s = _pairs(obs, sim)
+    if o.size < 2 or o.std() == 0:
+        return _undefined("beta-NSE")
+    return float((s.mean() - o.mean()) / o.std())
+
+
+# Flows below this (in the units of the series: mm/day in the toolkit's tables) are raised to it
+# before a logarithm: FLV and FMS need log Q, and observed flows can be 0 and simulated ones 0 or
+# negative. CAMELS-GB gives discharge_spec to 0.01 mm/day, so real flows never reach the floor.
+LOG_FLOW_FLOOR = 1.0e-6
+
+
+def _fdc(values: np.ndarray) -> np.ndarray:
+    """Flow-duration curve: the flows sorted from highest to lowest (exceedance rises)."""
+    return np.sort(values)[::-1]
+
+
+def fhv(obs, sim, h: float = 0.02) -> float:
+    """Percent bias of the high-flow segment of the flow-duration curve (Yilmaz et al. 2008).
+
+    %BiasFHV = 100 · Σ_{i=1..H} (QS_i − QO_i) / Σ_{i=1..H} QO_i (Yilmaz et al. 2008),
+    where QO and QS are the observed and simulated flow-duration curves (each sorted on its own,
+    highest first) and H = round(h·n) the flows with exceedance probability below ``h`` (2 %).
+    Positive: the simulated high flows are too high. NaN with a warning when H is 0 (25 pairs or
+    fewer at 2 %) or the observed high flows sum to 0.
+
+    Yilmaz, K. K., Gupta, H. V. and Wagener, T. (2008). A process-based diagnostic approach to
+    model evaluation: application to the NWS distributed hydrologic model. Water Resour. Res. 44,
+    W09417, doi:10.1029/2007WR006716.
+    """
+    o, s = _pairs(obs, sim)
+    n_high = int(np.round(h * o.size))
+    if n_high < 1:
+        return _undefined("FHV", f"too few pairs to hold a top {h:.0%}")
+    qo, qs = _fdc(o)[:n_high], _fdc(s)[:n_high]
+    if qo.sum() == 0:
+        return _undefined("FHV", "high flows that sum to 0")
+    return float(100.0 * np.sum(qs - qo) / np.sum(qo))
+
+
+def flv(obs, sim, l: float = 0.3) -> float:  # noqa: E741 - the paper's symbol
+    """Percent bias of the low-flow segment of the flow-duration curve, in log space.
+
+    %BiasFLV = −100 · [Σ_l (log QS_l − log QS_L) − Σ_l (log QO_l − log QO_L)]
+    / Σ_l (log QO_l − log QO_L) (Yilmaz et al. 2008; see :func:`fhv`), over the
+    round(l·n) lowest flows of each flow-duration curve (exceedance 0.7–1.0 for ``l`` = 0.3),
+    where L is the segment's minimum flow. Each sum measures how far the low flows rise above the
+    series' own minimum; with the sign of Yilmaz et al., FLV < 0 when the simulated ones rise
+    further than the observed ones.
+
+    Notes
+    -----
+    Zero flows: observed and simulated flows below ``LOG_FLOW_FLOOR`` are raised to it before
+    the log (simulated flows can also be negative), so a dry day counts as a very low flow rather
+    than minus infinity. Where the observed low segment is all at one value (constant flow, or
+    a basin dry for 30 % of the days) the denominator is 0 and FLV is NaN with a warning.
+    """
+    o, s = _pairs(obs, sim)
+    n_low = int(np.round(l * o.size))
+    if n_low < 2:
+        return _undefined("FLV", "fewer than 2 low flows")
+    qo = np.log(np.maximum(_fdc(o)[-n_low:], LOG_FLOW_FLOOR))
+    qs = np.log(np.maximum(_fdc(s)[-n_low:], LOG_FLOW_FLOOR))
+    qol, qsl = np.sum(qo - qo.min()), np.sum(qs - qs.min())
+    if qol == 0:
+        return _undefined("FLV", "low flows that are all equal")
+    return float(100.0 * (qol - qsl) / qol)  # = −100 · (qsl − qol) / qol
+
+
+def fms(obs, sim, lower: float = 0.2, upper: float = 0.7) -> float:
+    """Percent bias of the mid-segment slope of the flow-duration curve, in log space.
+
+    %BiasFMS = 100 · [(log QS_m1 − log QS_m2) − (log QO_m1 − log QO_m2)] / (log QO_m1 − log QO_m2)
+    (Yilmaz et al. 2008; see :func:`fhv`), with m1 and m2 the flows at exceedance ``lower`` (0.2)
+    and ``upper`` (0.7): the entries round(lower·n) and round(upper·n) of each flow-duration curve,
+    highest first. Positive: the simulated mid-range curve is too steep (too flashy). Flows are
+    floored at ``LOG_FLOW_FLOOR`` before the log, as in :func:`flv`; equal observed flows at m1
+    and m2 give NaN with a warning.
+    """
+    o, s = _pairs(obs, sim)
+    if o.size < 2:
+        return _undefined("FMS")
+    i1, i2 = int(np.round(lower * o.size)), min(int(np.round(upper * o.size)), o.size - 1)
+    qo = np.log(np.maximum(_fdc(o)[[i1, i2]], LOG_FLOW_FLOOR))
+    qs = np.log(np.maximum(_fdc(s)[[i1, i2]], LOG_FLOW_FLOOR))
+    slope_obs = qo[0] - qo[1]
+    if slope_obs == 0:
+        return _undefined("FMS", "equal observed flows at both ends of the mid segment")
+    return float(100.0 * ((qs[0] - qs[1]) - slope_obs) / slope_obs)
+
+
+def _daily_pairs(obs, sim) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Observed pairs of a daily series and the day number (position) of each."""
+    obs = np.asarray(obs, dtype=np.float64).ravel()
+    sim = np.asarray(sim, dtype=np.float64).ravel()
+    if obs.shape != sim.shape:
+        raise ValueError(f"obs and sim differ in length: {obs.shape} vs {sim.shape}")
+    day = np.flatnonzero(np.isfinite(obs) & np.isfinite(sim))
+    return obs[day], sim[day], day
+
+
+def _gap_free(day: np.ndarray, i: int, window: int) -> bool:
+    """Whether pairs i−window..i+window exist and fall on consecutive days."""
+    lo, hi = i - window, i + window
+    return lo >= 0 and hi < day.size and day[hi] - day[lo] == 2 * window
+
+
+def peak_timing(obs, sim, window: int = 3) -> float:
+    """Mean absolute timing error of the simulated peaks, in days (Kratzert et al. 2021).
+
+    As neuralhydrology's ``mean_peak_timing``: the observed peaks are those that
+    ``scipy.signal.find_peaks`` returns with a prominence of at least σ_obs and at least 100 days
+    apart. For each, the simulated peak is the simulation on that day if it is a local maximum
+    there, else the largest simulated value within ±``window`` days. The metric is the mean of
+    |day of simulated peak − day of observed peak|; 0 is perfect, ``window`` the worst.
+
+    Parameters
+    ----------
+    obs, sim : array_like
+        One daily series in date order, one value per consecutive day; NaN where unobserved or
+        unsimulated (a gap).
+
+    Notes
+    -----
+    Gaps: peaks are sought in the observed pairs, and a peak is scored only when all 2·window + 1
+    days around it are observed and simulated; peaks at the series' ends or next to a gap are
+    skipped (neuralhydrology skips them the same way). NaN with a warning when no peak is scored
+    (e.g. constant flow).
+
+    Kratzert, F., Klotz, D., Hochreiter, S. and Nearing, G. S. (2021). A note on leveraging synergy
+    in multiple meteorological data sets with deep learning for rainfall-runoff modeling. HESS 25,
+    2685–2703 (appendix).
+    """
+    from scipy.signal import find_peaks
+
+    o, s, day = _daily_pairs(obs, sim)
+    if o.size < 3 or o.std() == 0:
+        return _undefined("peak timing")
+    peaks, _ = find_peaks(o, distance=100, prominence=o.std())
+    errors = []
+    for i in peaks:
+        if not _gap_free(day, i, window):
+            continue
+        if s[i] > s[i - 1] and s[i] > s[i + 1]:
+            j = i
+        else:
+            j = i - window + int(np.argmax(s[i - window : i + window + 1]))
+        errors.append(abs(int(day[j] - day[i])))
+    if not errors:
+        return _undefined("peak timing", "a series without a peak clear of gaps and ends")
+    return float(np.mean(errors))
+
+
+def missed_peaks(obs, sim, window: int = 1, percentile: float = 80.0) -> float:
+    """Share of the observed peaks that the simulation misses (as neuralhydrology defines it).
+
+    Peaks of each series are those that ``scipy.signal.find_peaks`` returns above the series'
+    own ``percentile`` (80th) and at least 30 days apart. An observed peak is missed when no
+    simulated peak lies within ±``window`` days (1) of it. 0 is perfect, 1 the worst.
+
+    Parameters
+    ----------
+    obs, sim : array_like
+        One daily series in date order, one value per consecutive day; NaN where unobserved or
+        unsimulated (a gap).
+
+    Notes
+    -----
+    Gaps: peaks are sought in the observed pairs. Observed peaks whose ±window days are not all
+    present (ends, gaps) are left out, and so are simulated peaks whose neighbours are not the
+    adjacent days. The share counts only the observed peaks that are scored; neuralhydrology
+    keeps the skipped ones in the denominator, which reads them as hits. NaN with a warning when
+    no observed peak is scored.
+
+    Kratzert, F., Gauch, M., Klotz, D. and Nearing, G. (2022). NeuralHydrology — a Python library
+    for deep learning research in hydrology. J. Open Source Softw. 7, 4050 (``missed_peaks``).
+    """
+    from scipy.signal import find_peaks
+
+    o, s, day = _daily_pairs(obs, sim)
+    if o.size < 3 or o.std() == 0:
+        return _undefined("missed peaks")
+    obs_peaks, _ = find_peaks(o, distance=30, height=np.percentile(o, percentile))
+    sim_peaks, _ = find_peaks(s, distance=30, height=np.percentile(s, percentile))
+    sim_days = np.array([day[j] for j in sim_peaks if _gap_free(day, j, 1)], dtype=np.int64)
+    scored = [i for i in obs_peaks if _gap_free(day, i, window)]
+    if not scored:
+        return _undefined("missed peaks", "a series without a peak clear of gaps and ends")
+    missed = sum(not np.any(np.abs(sim_days - day[i]) <= window) for i in scored)
+    return float(missed / len(scored))
+
+
+def daily_series(dates, obs, sim) -> tuple[np.ndarray, np.ndarray] | None:
+    """Lay values with dates on a daily calendar from the first to the last date.
+
+    Parameters
+    ----------
+    dates : array_like of datetime64
+        The day of each value, in any order.
+    obs, sim : array_like
+        Values of the same length.
+
+    Returns
+    -------
+    tuple of numpy.ndarray or None
+        obs and sim, one entry per day (NaN on days without a value); None when a day holds
+        several values (forecasts at several leads, overlapping windows), which the peak metrics
+        cannot read as one series.
+    """
+    days = np.asarray(dates, dtype="datetime64[D]").ravel()
+    obs = np.asarray(obs, dtype=np.float64).ravel()
+    sim = np.asarray(sim, dtype=np.float64).ravel()
+    if not days.size:
+        return obs, sim
+    if np.unique(days).size != days.size:
+        return None
+    pos = (days - days.min()).astype(np.int64)
+    out_obs, out_sim = np.full(pos.max() + 1, np.nan), np.full(pos.max() + 1, np.nan)
+    out_obs[pos], out_sim[pos] = obs, sim
+    return out_obs, out_sim
+
+
 def persistence_nse(obs, lead: int = 1) -> float:
     """NSE of the persistence forecast: Q(t+lead) predicted by Q(t), on one continuous series."""
     obs = np.asarray(obs, dtype=np.float64).ravel()
@@ -989,17 +1418,29 @@ def persistence_nse(obs, lead: int = 1) -> float:
     return nse(obs[lead:], obs[:-lead])
 
 
-def compute_metrics(obs, sim) -> dict[str, float]:
+def compute_metrics(obs, sim, dates=None) -> dict[str, float]:
     """All scores of the toolkit for one series, in the units of ``obs`` (NaN pairs masked).
+
+    Parameters
+    ----------
+    obs, sim : array_like
+        Observed and simulated values. Without ``dates`` they are taken as one daily series in
+        date order (consecutive days, NaN in gaps), which the peak metrics need.
+    dates : array_like of datetime64, optional
+        The day of each value, in any order; the values are then laid on a daily calendar for
+        the peak metrics (:func:`daily_series`). When a day holds several values (several
+        forecast leads) ``peak_timing`` and ``missed_peaks`` are NaN with a warning.
 
     Returns
     -------
     dict
-        nse, kge, kge_r, kge_alpha, kge_beta, rmse, mae, r2, bias_pct, n_scored.
+        nse, kge, kge_r, kge_alpha, kge_beta, rmse, mae, r2, bias_pct, pearson_r, alpha_nse,
+        beta_nse, fhv, flv, fms, peak_timing, missed_peaks, n_scored.
     """
+    daily = (obs, sim) if dates is None else daily_series(dates, obs, sim)
     o, s = _pairs(obs, sim)
     parts = kge_parts(o, s)
-    return {
+    out = {
         "nse": nse(o, s),
         "kge": parts["kge"],
         "kge_r": parts["r"],
@@ -1009,8 +1450,25 @@ def compute_metrics(obs, sim) -> dict[str, float]:
         "mae": mae(o, s),
         "r2": r2(o, s),
         "bias_pct": bias_pct(o, s),
-        "n_scored": int(o.size),
+        "pearson_r": pearson_r(o, s),
+        "alpha_nse": alpha_nse(o, s),
+        "beta_nse": beta_nse(o, s),
+        "fhv": fhv(o, s),
+        "flv": flv(o, s),
+        "fms": fms(o, s),
     }
+    if daily is None:
+        warnings.warn(
+            "peak timing and missed peaks need one value per day, and some days hold several "
+            "(forecasts at several leads, or overlapping windows); returning NaN for both",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        out.update(peak_timing=float("nan"), missed_peaks=float("nan"))
+    else:
+        out.update(peak_timing=peak_timing(*daily), missed_peaks=missed_peaks(*daily))
+    out["n_scored"] = int(o.size)
+    return out
 
 
 def mm_per_day_to_m3s(values, area_km2: float):
@@ -1047,18 +1505,31 @@ def basin_metrics_table(windows, pred: np.ndarray, data, group: dict):
     """Per-basin scores (physical units) as a DataFrame.
 
     Forecast mode adds ``persistence_nse`` and ``skill_vs_persistence`` (1 − MSE_model /
-    MSE_persistence), both over the model's scored targets of every lead.
+    MSE_persistence), both over the model's scored targets of every lead. The peak metrics read
+    each basin's targets as one daily series by date; forecasts at several leads give several
+    values per day, so there they are NaN (the log says why).
     """
     import pandas as pd
 
+    several_leads = windows.spec.mode == "forecast" and windows.spec.pred_len > 1
+    if several_leads:
+        log.info(
+            "peak timing and missed peaks are left NaN: with PRED_LEN %d each day has %d "
+            "forecasts, not one daily series",
+            windows.spec.pred_len,
+            windows.spec.pred_len,
+        )
     rows = []
     for basin, s in series_by_basin(windows, pred).items():
         b = data.basins[basin]
         row = {"basin": basin, "gauge_name": b.name, "group": group.get(basin, "")}
-        row.update(compute_metrics(s["obs"], s["sim"]))
+        with warnings.catch_warnings():
+            if several_leads:  # said once above, not once per basin
+                warnings.filterwarnings("ignore", "peak timing and missed peaks need")
+            row.update(compute_metrics(s["obs"], s["sim"], dates=s["date"]))
         q_obs, q_sim = mm_per_day_to_m3s(s["obs"], b.area), mm_per_day_to_m3s(s["sim"], b.area)
-        row["rmse_m3s"] = compute_metrics(q_obs, q_sim)["rmse"]
-        row["mae_m3s"] = compute_metrics(q_obs, q_sim)["mae"]
+        row["rmse_m3s"] = rmse(q_obs, q_sim)
+        row["mae_m3s"] = mae(q_obs, q_sim)
         if windows.spec.mode == "forecast":
             # Persistence on the same scored targets: Q(d) predicted by Q(d - lead), the last
             # observation when the forecast was issued.

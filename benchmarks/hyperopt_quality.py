@@ -3,15 +3,16 @@
 The all-12 simulate protocol of ``benchmarks/README.md`` (all 12 basins trained, 11 validate,
 test period 1998-2008 scored for all 12), reduced as the CPU needs:
 
-- ``hand_picked``: the protocol's settings (hidden 64, 1 layer, embedding 32, dropout 0.2,
-  batch 64, LR 1e-3), trained for ``--epochs`` epochs with early stopping;
+- ``hand_picked``: the recipe ``configs/simulate_lees2021.yaml`` (hidden 64, 1 layer, embedding
+  32, dropout 0.2, batch 64, LR 1e-3, EMA 0.99), trained for ``--epochs`` epochs with early
+  stopping;
 - ``search``: ``--n_trials`` (at least 20) TPE trials over HYPEROPT_SPACE below, each for up to
   ``--epochs`` epochs, median-pruned on the validation NSE; then the best settings train the
   final model for the same ``--epochs``, as a normal pretraining run.
 
 Both final models therefore have the same budget of epochs. Reported: the best trial's validation
 median NSE, each final model's test median NSE against the measured 0.883 of the full protocol
-(``--set EMA_DECAY=0.99``), and the epochs the search trained and the epochs pruning saved.
+(the recipe in full), and the epochs the search trained and the epochs pruning saved.
 
 Usage::
 
@@ -34,14 +35,15 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sca2lstm  # noqa: E402
-from benchmarks.pretrain_quality import SAMPLE, VAL11  # noqa: E402
 
-REFERENCE = 0.883  # all-12, 365-day windows, EMA_DECAY=0.99 (benchmarks/README.md)
+ROOT = Path(__file__).resolve().parents[1]
+# The all-12 protocol: simulate mode, all 12 basins trained and tested, 11 validate.
+RECIPE = ROOT / "configs" / "simulate_lees2021.yaml"
+REFERENCE = 0.883  # that recipe's median test NSE in full (365-day windows, 40 epochs)
 SPACE = {
     "LSTM_HIDDEN_DIM": {"choices": [32, 64, 128]},
     "NUM_LAYERS": {"low": 1, "high": 2},
@@ -74,33 +76,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def protocol_args(a: argparse.Namespace, work: Path) -> list[str]:
-    train, val = (SAMPLE, VAL11) if not a.dry_run else (["32006", "42003"], ["32006"])
+    """The recipe of the all-12 protocol (its hand-picked settings), reduced by the flags."""
     args = [
-        "--data_dir", a.data_dir, "--device", a.device, "--seed", str(a.seed),
-        "--mode", "simulate", "--seq_len", str(a.seq_len),
-        "--set", f"PREDICT_LAST_N={a.predict_last_n}",
-        "--train_basins", ",".join(train), "--val_basins", ",".join(val),
-        "--test_basins", ",".join(train), "--epochs", str(a.epochs),
-        "--accumulation_steps", "1", "--set", f"SAMPLES_PER_EPOCH={a.samples_per_epoch}",
-        "--set", f"PATIENCE={a.patience}", "--set", "WARMUP_STEPS=50",
+        "--config", str(RECIPE), "--data_dir", a.data_dir, "--device", a.device,
+        "--seed", str(a.seed), "--seq_len", str(a.seq_len),
+        "--set", f"PREDICT_LAST_N={a.predict_last_n}", "--epochs", str(a.epochs),
+        "--set", f"SAMPLES_PER_EPOCH={a.samples_per_epoch}", "--set", f"PATIENCE={a.patience}",
         "--output_dir", str(work / "out"), "--set", f"INPUT_DIR={work / 'input'}",
-        # The hand-picked settings of the protocol; the search replaces the ones it searches.
-        "--set", "LSTM_HIDDEN_DIM=64", "--set", "NUM_LAYERS=1", "--set", "EMBEDDING_DIM=32",
-        "--set", "DROPOUT=0.2", "--batch_size", "64", "--learning_rate", "1.0e-3",
         *[arg for kv in a.set for arg in ("--set", kv)],
     ]  # fmt: skip
     if a.dry_run:
-        args += ["--dry-run", "--set", "VAL_START=1979-10-01"]
+        two = "32006,42003"
+        args += ["--dry-run", "--set", "VAL_START=1979-10-01", "--train_basins", two,
+                 "--val_basins", "32006", "--test_basins", two]  # fmt: skip
     return args
 
 
 def run_arms(a: argparse.Namespace, work: Path) -> tuple[list[dict], list[str]]:
     base = protocol_args(a, work)
-    space_file = work / "space.yaml"
-    space_file.write_text(yaml.safe_dump({"HYPEROPT_SPACE": SPACE}), encoding="utf-8")
     search = [
-        *base, "--config", str(space_file), "--enable_hyperopt", "--n_trials", str(a.n_trials),
-        "--study_name", "hyperopt_quality",
+        *base, "--set", f"HYPEROPT_SPACE={json.dumps(SPACE)}", "--enable_hyperopt",
+        "--n_trials", str(a.n_trials), "--study_name", "hyperopt_quality",
     ]  # fmt: skip
     rows, commands = [], []
     for arm, args in (("hand_picked", base), ("search", search)):

@@ -15,6 +15,10 @@ import pytest
 import hydrologyDataset as hd
 from utils import UserError, load_config
 
+# The demo-data fixtures (demo_dir, demo_workdir, pretrained_forecast, pretrained_simulate),
+# one instance per session for every test module.
+pytest_plugins = ["demo_fixtures"]
+
 SAMPLE_BASINS = (
     "10002", "10003", "22001", "22006", "32006", "39025",
     "42003", "45003", "51001", "54017", "75003", "79005",

@@ -1,7 +1,7 @@
 """Session fixtures on the synthetic demo data: a dataset and tiny pretrained checkpoints.
 
-Import the ones a test module needs (``from demo_fixtures import demo_dir, pretrained_forecast``);
-pytest picks fixtures up from the module namespace.
+``conftest.py`` loads this module as a pytest plugin, so every test module gets the same session
+instances by naming a fixture as an argument; ``demo_args`` is a plain helper to import.
 """
 
 from __future__ import annotations

@@ -416,6 +416,27 @@ BAD_INPUTS = {
         ["--basins", "10002,22001", "--workers", "2"],
         r"basin 10002\) line 100: column precipitation holds 'abc'",
     ),
+    "negative precipitation": (
+        {"10002": _set_cell(120, "precipitation", "-3.5")},
+        ["--basins", "10002"],
+        r"basin 10002\) line 120: column precipitation holds '-3.5', which is physically "
+        r"impossible \(precipitation must be between 0 and 1000 mm/day\)",
+    ),
+    "infinite precipitation": (
+        {"10002": _set_cell(130, "precipitation", "inf")},
+        ["--basins", "10002"],
+        r"basin 10002\) line 130: column precipitation holds 'inf', which is physically",
+    ),
+    "impossible temperature": (
+        {"10002": _set_cell(140, "temperature", "85.0")},
+        ["--basins", "10002"],
+        r"line 140: column temperature holds '85.0'.*between -60 and 60 degrees C",
+    ),
+    "negative discharge": (
+        {"10002": _set_cell(150, "discharge_spec", "-0.2")},
+        ["--basins", "10002"],
+        r"line 150: column discharge_spec holds '-0.2'.*write NaN for a missing one",
+    ),
     "unparseable date": (
         {"10002": _set_cell(50, "date", "1970-11-31")},
         ["--basins", "10002"],
@@ -459,7 +480,9 @@ def test_bad_input_main_raises_user_error(bad_input):
     args, pattern, input_dir = bad_input
     with pytest.raises(UserError, match=pattern):
         data_process.main(args)
-    # nothing half-written: no manifest, no temporary files; arrays only where complete
+    # nothing half-written: no manifest, no temporary files, no empty folder; arrays only where
+    # complete
+    assert all(any(d.iterdir()) for d in input_dir.glob("*") if d.is_dir()), "empty folder left"
     assert not [p for p in files_under(input_dir) if p.name == "manifest.json"]
     assert not [p for p in files_under(input_dir) if p.name.startswith(".")]
     for npz in (p for p in files_under(input_dir) if p.suffix == ".npz"):
@@ -468,6 +491,7 @@ def test_bad_input_main_raises_user_error(bad_input):
         assert npz.with_suffix(".json").is_file()
 
 
+@pytest.mark.slow
 def test_bad_input_cli_exits_2_without_traceback(bad_input):
     args, pattern, _ = bad_input
     proc = subprocess.run(

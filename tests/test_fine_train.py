@@ -18,13 +18,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from demo_fixtures import (  # noqa: F401
-    demo_args,
-    demo_dir,
-    demo_workdir,
-    pretrained_forecast,
-    pretrained_simulate,
-)
+from demo_fixtures import demo_args
 
 import fine_train
 from demo_data import write_demo_dataset
@@ -367,6 +361,7 @@ def test_incremental_fine_tuning_keeps_the_history(tuned, demo_dir, pretrained_f
     assert ckpt["scalers"] == load_checkpoint(pretrained_forecast)["scalers"]
 
 
+@pytest.mark.slow
 def test_runs_started_in_parallel_get_their_own_folders(demo_dir, pretrained_forecast, tmp_path):
     # The product README's loop with `&`: same basin, same second, separate processes.
     argv = ft_argv(demo_dir, tmp_path, pretrained_forecast, "--epochs", "1", start="1996-01-01")
@@ -482,6 +477,7 @@ def test_failure_after_the_run_folder_exists_removes_it(
     assert not any(basin_dir.iterdir())
 
 
+@pytest.mark.slow
 def test_cli_exits_2_without_traceback_on_a_truncated_checkpoint(
     demo_dir, pretrained_forecast, tmp_path
 ):

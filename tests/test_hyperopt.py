@@ -128,17 +128,19 @@ def test_search_results_pruning_and_final_model(camels_gb_dir, input_dir, tmp_pa
 
 
 def _poison_test_period(lines: list[str]) -> list[str]:
-    # From TEST_START on, the forcings are 50 times larger and the discharge is noise: a leak
-    # would change the search.
+    # From TEST_START on, every value becomes noise within its physical range (so the data checks
+    # pass): a leak of the test period into the search would change the trials.
+    from hydrologyDataset import PHYSICAL_RANGES
+
     header = lines[0].split(",")
     out = [lines[0]]
     for line in lines[1:]:
         date, *values = line.split(",")
         if date >= "1998-01-01":
-            noise = int(date.replace("-", "")) * 7919 % 97 / 10
+            day = int(date.replace("-", ""))
             values = [
-                f"{noise:.2f}" if col.startswith("discharge") else f"{float(v) * 50:.2f}"
-                for col, v in zip(header[1:], values, strict=True)
+                f"{(day * 7919 + 104729 * k) % 97 / 97 * PHYSICAL_RANGES[col][1] / 2:.2f}"
+                for k, col in enumerate(header[1:])
             ]
         out.append(",".join([date, *values]))
     return out

@@ -20,20 +20,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from demo_fixtures import (
-    demo_args,
-    demo_dir,
-    demo_workdir,
-    pretrained_forecast,
-    pretrained_simulate,
-)
+from demo_fixtures import demo_args
 
 import predict
 from demo_data import write_demo_dataset
 from sca2lstm import SCA2LSTM, ModelArgs
 from utils import UserError, compute_metrics, load_checkpoint
-
-__all__ = ["demo_dir", "demo_workdir", "pretrained_forecast", "pretrained_simulate"]
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -437,6 +429,7 @@ def test_bad_input_is_one_user_error(case, demo_dir, demo_workdir, pretrained_fo
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_bad_input_cli_exits_2_without_traceback(
     demo_dir, demo_workdir, pretrained_forecast, tmp_path
 ):

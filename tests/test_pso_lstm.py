@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from demo_fixtures import demo_args, demo_dir, demo_workdir  # noqa: F401 - pytest fixtures
+from demo_fixtures import demo_args
 
 import pso_lstm
 from hydrologyDataset import BasinData, FeatureSpec, Scalers, WindowData, load_input_data
@@ -216,7 +216,7 @@ def test_basin_without_validation_observations_is_validated_at_the_end_of_traini
 
 
 @pytest.fixture(scope="module")
-def search_run(demo_dir, demo_workdir):  # noqa: F811
+def search_run(demo_dir, demo_workdir):
     out = demo_workdir / "pso_search"
     args = demo_args(
         demo_dir, demo_workdir, *SHORT, *TINY_BOUNDS,
@@ -268,7 +268,7 @@ def test_search_writes_all_outputs(search_run):
     assert summary.loc[0, "test_nse"] == pytest.approx(metrics.loc["test", "nse"], rel=1e-5)
 
 
-def test_checkpoint_reloads_and_predicts_identically(search_run, demo_dir):  # noqa: F811
+def test_checkpoint_reloads_and_predicts_identically(search_run, demo_dir):
     result, _ = search_run
     basin = result["basins"]["22001"]
     ckpt = torch.load(basin["checkpoint"], map_location="cpu", weights_only=True)
@@ -291,7 +291,7 @@ def test_checkpoint_reloads_and_predicts_identically(search_run, demo_dir):  # n
     )
 
 
-def test_several_basins_share_one_summary(demo_dir, demo_workdir, tmp_path):  # noqa: F811
+def test_several_basins_share_one_summary(demo_dir, demo_workdir, tmp_path):
     args = demo_args(
         demo_dir, demo_workdir, *SHORT,
         "--basin_id", "22001,22006", "--no_pso", "--time_steps", "4", "--hidden_size", "4",
@@ -309,7 +309,7 @@ def test_several_basins_share_one_summary(demo_dir, demo_workdir, tmp_path):  # 
 
 
 @pytest.mark.parametrize("inputs, channels", [("q", 2), ("forcings", 7)])
-def test_inputs_choose_what_the_model_reads(inputs, channels, demo_dir, demo_workdir, tmp_path):  # noqa: F811
+def test_inputs_choose_what_the_model_reads(inputs, channels, demo_dir, demo_workdir, tmp_path):
     args = demo_args(
         demo_dir, demo_workdir, *SHORT,
         "--basin_id", "22001", "--no_pso", "--time_steps", "3", "--hidden_size", "4",
@@ -362,7 +362,7 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("name", list(BAD_INPUTS))
-def test_bad_input_is_one_user_error_and_runs_nothing(name, demo_dir, demo_workdir, tmp_path):  # noqa: F811
+def test_bad_input_is_one_user_error_and_runs_nothing(name, demo_dir, demo_workdir, tmp_path):
     extra, pattern = BAD_INPUTS[name]
     args = demo_args(demo_dir, demo_workdir, *SHORT, *extra)
     args[args.index("--output_dir") + 1] = str(tmp_path / "out")
@@ -371,7 +371,8 @@ def test_bad_input_is_one_user_error_and_runs_nothing(name, demo_dir, demo_workd
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_bad_input_exits_2_without_traceback(demo_dir, demo_workdir, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_cli_bad_input_exits_2_without_traceback(demo_dir, demo_workdir, tmp_path):
     args = demo_args(demo_dir, demo_workdir, "--basin_id", "22001,99999", "--no_pso")
     args[args.index("--output_dir") + 1] = str(tmp_path / "out")
     proc = subprocess.run(

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from demo_fixtures import demo_args, demo_dir, demo_workdir, pretrained_forecast  # noqa: F401
+from demo_fixtures import demo_args
 
 import sca2lstm
 from sca2lstm import SCA2LSTM, ModelArgs, load_config
@@ -99,7 +99,7 @@ def test_nse_star_loss_weights_and_masks():
     assert nse_star_loss(pred, y, mask, std).item() == pytest.approx(expected)
 
 
-def test_pretrain_outputs_and_checkpoint(pretrained_forecast):  # noqa: F811
+def test_pretrain_outputs_and_checkpoint(pretrained_forecast):
     run = pretrained_forecast.parent
     for name in (
         "config.yaml",
@@ -113,7 +113,7 @@ def test_pretrain_outputs_and_checkpoint(pretrained_forecast):  # noqa: F811
         "channel_weights.png",
     ):
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
-    assert (run.parents[1] / "sca2lstm.pth").is_file()
+    assert not (run.parents[1] / "sca2lstm.pth").exists()  # a --dry-run never replaces it
     ckpt = torch.load(pretrained_forecast, map_location="cpu", weights_only=True)
     for key in (
         "model_state_dict",
@@ -146,7 +146,7 @@ def test_pretrain_outputs_and_checkpoint(pretrained_forecast):  # noqa: F811
     assert {"train_loss", "val_loss", "val_nse", "lr", "seconds", "samples_per_s"} <= set(history)
 
 
-def test_from_checkpoint_predicts_identically(pretrained_forecast):  # noqa: F811
+def test_from_checkpoint_predicts_identically(pretrained_forecast):
     ckpt = load_checkpoint(pretrained_forecast)
     a = SCA2LSTM(ModelArgs(**ckpt["model_args"]))
     a.load_state_dict(ckpt["model_state_dict"])
@@ -156,12 +156,15 @@ def test_from_checkpoint_predicts_identically(pretrained_forecast):  # noqa: F81
     assert torch.equal(a.eval()(x, s), b.eval()(x, s))
 
 
-def test_notebook_snippet_with_default_config(demo_dir, tmp_path):  # noqa: F811
+def test_notebook_snippet_with_default_config(demo_dir, tmp_path):
     out = sca2lstm.main(
         demo_args(
             demo_dir,
             tmp_path,
-            "--dry-run",
+            "--epochs",
+            "1",
+            "--set",
+            "SAMPLES_PER_EPOCH=256",
             *ONE_BASIN,
         )
     )
@@ -173,7 +176,7 @@ def test_notebook_snippet_with_default_config(demo_dir, tmp_path):  # noqa: F811
     model.eval()
 
 
-def test_resume_continues_the_run(demo_dir, tmp_path):  # noqa: F811
+def test_resume_continues_the_run(demo_dir, tmp_path):
     args = demo_args(
         demo_dir,
         tmp_path,
@@ -191,7 +194,7 @@ def test_resume_continues_the_run(demo_dir, tmp_path):  # noqa: F811
     assert len(list((tmp_path / "model_output" / "pretrain").iterdir())) == 1
 
 
-def test_simulate_mode_eval_predicts_each_day_once(demo_dir, tmp_path):  # noqa: F811
+def test_simulate_mode_eval_predicts_each_day_once(demo_dir, tmp_path):
     out = sca2lstm.main(
         demo_args(
             demo_dir,
@@ -224,7 +227,8 @@ def test_simulate_mode_eval_predicts_each_day_once(demo_dir, tmp_path):  # noqa:
         (["--set", "TRAIN_END=1970-01-01"], "ends"),
     ],
 )
-def test_bad_input_is_one_message_and_leaves_no_run_folder(demo_dir, tmp_path, extra, needle):  # noqa: F811
+@pytest.mark.slow
+def test_bad_input_is_one_message_and_leaves_no_run_folder(demo_dir, tmp_path, extra, needle):
     if extra[0] == "--device" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(UserError, match=needle):
@@ -252,7 +256,8 @@ def test_eval_stride_and_spec_roundtrip():
     assert sim.eval_stride == 7 and spec.eval_stride == 1
 
 
-def test_parallel_two_cpu_processes_match_single_process(demo_dir, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_parallel_two_cpu_processes_match_single_process(demo_dir, tmp_path):
     # Data-parallel (torchrun, Gloo, 2 processes) with the same global batch as one process.
     common = [
         "--data_dir",
@@ -315,7 +320,8 @@ def test_parallel_two_cpu_processes_match_single_process(demo_dir, tmp_path):  #
     np.testing.assert_allclose(runs["parallel"]["val_nse"], runs["single"]["val_nse"], atol=1e-3)
 
 
-def test_resume_after_the_process_is_killed(demo_dir, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_resume_after_the_process_is_killed(demo_dir, tmp_path):
     import signal
     import time
 

@@ -1,0 +1,167 @@
+"""What a new user hits first: output folders, resuming, the shared checkpoint, threads."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from demo_fixtures import demo_args
+
+import hydrologyDataset as hd
+import sca2lstm
+from utils import UserError, load_checkpoint, load_config, save_checkpoint, set_threads
+
+REPO = Path(__file__).resolve().parents[1]
+ONE_BASIN = ("--train_basins", "32006", "--val_basins", "32006", "--test_basins", "22001")
+TINY = ("--set", "LSTM_HIDDEN_DIM=8", "--set", "EMBEDDING_DIM=4", "--set", "PATIENCE=0")
+
+
+@pytest.mark.slow
+def test_unwritable_output_dir_is_one_error_before_any_work(
+    demo_dir,
+    demo_workdir,
+    pretrained_forecast,
+    tmp_path,
+):
+    impossible = "/proc/sca2lstm-output"  # no one can create a folder under /proc, root included
+    data = ["--data_dir", str(demo_dir), "--set", f"INPUT_DIR={demo_workdir / 'model_input_data'}"]
+    ckpt = str(pretrained_forecast)
+    commands = {
+        "sca2lstm.py": ["--dry-run", *ONE_BASIN],
+        "fine_train.py": ["--target_basin", "22001", "--pretrained_model", ckpt],
+        "predict.py": ["--model", ckpt, "--basin", "22001"],
+        "pso_lstm.py": ["--basin_id", "22001", "--no_pso"],
+    }
+    procs = {
+        script: subprocess.Popen(
+            [sys.executable, str(REPO / script), *data, *args, "--output_dir", impossible],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for script, args in commands.items()
+    }
+    for script, proc in procs.items():
+        _, stderr = proc.communicate(timeout=180)
+        assert proc.returncode == 2, (script, stderr)
+        assert "Traceback" not in stderr, script
+        assert stderr.startswith("error: the output folder /proc/sca2lstm-output"), stderr
+        assert "cannot be written" in stderr and "--output_dir" in stderr, stderr
+        assert stderr.count("\n") == 1, stderr
+    assert not Path(impossible).exists()
+
+
+def test_resume_keeps_the_runs_own_epoch_count(demo_dir, tmp_path):
+    args = demo_args(demo_dir, tmp_path, *ONE_BASIN, *TINY, "--set", "TRAIN_START=1990-01-01")
+    first = sca2lstm.main([*args, "--epochs", "1"])
+    # As if that run had been asked for 2 epochs and was interrupted after the first one.
+    last_path = first["run_dir"] / "last_model.pth"
+    last = load_checkpoint(last_path)
+    last["config"]["N_EPOCHS"] = 2
+    save_checkpoint(last_path, last)
+    assert load_config()["N_EPOCHS"] != 2  # run.config would say otherwise
+    resumed = sca2lstm.main([*args, "--resume", str(first["run_dir"])])
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    # the finished run is not reopened without a new epoch count
+    with pytest.raises(UserError, match=r"finished all 2 of its epochs; pass --epochs N"):
+        sca2lstm.main([*args, "--resume", str(first["run_dir"])])
+    more = sca2lstm.main([*args, "--epochs", "3", "--resume", str(first["run_dir"])])
+    assert [h["epoch"] for h in more["history"]] == [1, 2, 3]
+
+
+def test_dry_run_leaves_the_shared_checkpoint_alone(demo_dir, tmp_path):
+    pointer = tmp_path / "model_output" / "sca2lstm.pth"
+    pointer.parent.mkdir(parents=True)
+    pointer.write_bytes(b"a good model")
+    out = sca2lstm.main(demo_args(demo_dir, tmp_path, "--dry-run", *ONE_BASIN, *TINY))
+    assert pointer.read_bytes() == b"a good model"
+    assert out["checkpoint"].is_file()
+
+
+def test_pointer_written_by_another_run_meanwhile_is_logged(tmp_path, caplog):
+    config = {**load_config(), "OUTPUT_DIR": str(tmp_path)}
+    pointer = tmp_path / "sca2lstm.pth"
+    started = sca2lstm._pointer_stamp(pointer)  # None: no file yet
+    pointer.write_bytes(b"written by a run that finished first")
+    best = {"model_state_dict": {"w": torch.zeros(1)}, "model_class": "SCA2LSTM"}
+    with caplog.at_level(logging.WARNING, logger="sca2lstm"):
+        written = sca2lstm.publish_pointer(best, config, tmp_path / "run", started, False)
+    assert written == pointer
+    assert "written by another run while this one trained" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sca2lstm"):
+        sca2lstm.publish_pointer(
+            best, config, tmp_path / "run", sca2lstm._pointer_stamp(pointer), False
+        )
+    assert "another run" not in caplog.text
+
+
+def test_a_folder_given_as_checkpoint_names_the_files_inside(pretrained_forecast):
+    with pytest.raises(UserError, match=r"is a folder, not a checkpoint.*best_model\.pth"):
+        load_checkpoint(pretrained_forecast.parent)
+
+
+def test_unknown_basin_names_the_flags_that_fix_it(demo_dir):
+    source = hd.find_source(demo_dir)
+    with pytest.raises(UserError, match=r"99999 not found.*--train_basins.*--target_basin"):
+        source.check_basins(["99999"])
+
+
+def test_threads_are_set_and_logged(caplog):
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.INFO, logger="sca2lstm"):
+            assert set_threads(1) == 1
+        assert torch.get_num_threads() == 1
+        assert "CPU threads: 1 of" in caplog.text
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(UserError, match="NUM_THREADS must be 0 or more"):
+        load_config(overrides=["NUM_THREADS=-1"])
+
+
+def test_predict_marks_in_sample_days(
+    demo_dir, demo_workdir, pretrained_forecast, tmp_path, caplog
+):
+    import predict
+
+    ckpt = load_checkpoint(pretrained_forecast)
+    trained = ckpt["config"]["TRAIN_BASINS"][0]
+    args = [
+        "--data_dir", str(demo_dir), "--set", f"INPUT_DIR={demo_workdir / 'model_input_data'}",
+        "--output_dir", str(tmp_path / "out"), "--model", str(pretrained_forecast),
+        "--basins", f"{trained},22001", "--start", "1990-01-01", "--end", "1990-01-31",
+        "--no_plots",
+    ]  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="sca2lstm"):
+        metrics = predict.main(args)["metrics"].set_index("basin")
+    # January 1990 lies in the training period: for a training basin every scored day is
+    # in-sample, for a basin never trained on none is.
+    assert metrics.loc[trained, "days_seen_in_training"] == metrics.loc[trained, "n_scored"] > 0
+    assert metrics.loc["22001", "days_seen_in_training"] == 0
+    assert "IN-SAMPLE" in caplog.text and "some scores are in-sample" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("script", "flag", "shown"),
+    [
+        ("sca2lstm", "--epochs", "N_EPOCHS (run.config: 5)"),
+        ("sca2lstm", "--learning_rate", "(run.config: 0.001)"),
+        ("fine_train", "--epochs", "(run.config: 20)"),
+        ("pso_lstm", "--final_epochs", "(run.config: 20)"),
+        ("predict", "--threads", "(run.config: 1)"),
+    ],
+)
+def test_help_shows_the_run_config_default_not_none(script, flag, shown):
+    import importlib
+
+    text = " ".join(importlib.import_module(script).build_parser().format_help().split())
+    assert "(default: None)" not in text
+    options = text[text.index("options:") :]  # past the usage lines
+    entry = options[options.index(f"{flag} ") :][:200]
+    assert shown in entry, entry

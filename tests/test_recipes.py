@@ -1,0 +1,159 @@
+"""The recipes in configs/: valid keys, minimal, and the same settings the benchmarks measured."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import fine_train
+import sca2lstm
+from utils import STAGES, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import fine_tune_quality  # noqa: E402
+import pretrain_quality  # noqa: E402
+
+RECIPES = REPO / "configs"
+SAMPLE = "10002 10003 22001 22006 32006 39025 42003 45003 51001 54017 75003 79005".split()
+TRAIN5 = ["32006", "42003", "51001", "75003", "79005"]
+# One resolved value per recipe: file -> (stage, key, value)
+CHECKS = {
+    "simulate_lees2021.yaml": ("pretrain", "TRAIN_BASINS", SAMPLE),
+    "zero_shot.yaml": ("pretrain", "VAL_BASINS", TRAIN5),
+    "forecast.yaml": ("pretrain", "BATCH_SIZE_GPU", 256),
+    "fine_tune.yaml": ("fine_tune", "SAMPLES_PER_EPOCH", 1024),
+}
+# Where the run folders go, and the seed: set by whoever runs a recipe, not by it.
+RUN_KEYS = ("OUTPUT_DIR", "INPUT_DIR", "SEED")
+
+
+def recipe_data(name: str) -> dict:
+    return yaml.safe_load((RECIPES / name).read_text(encoding="utf-8"))
+
+
+def without_run_keys(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in RUN_KEYS}
+
+
+def test_every_recipe_is_checked():
+    assert sorted(p.name for p in RECIPES.iterdir()) == sorted(CHECKS)
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_recipe_loads_for_every_stage(name):
+    for stage in STAGES:  # unknown keys or wrong types in any section would raise here
+        load_config(RECIPES / name, stage=stage)
+    stage, key, value = CHECKS[name]
+    assert load_config(RECIPES / name, stage=stage)[key] == value
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_recipe_holds_only_what_it_changes(name):
+    data = recipe_data(name)
+    assert data and set(data) <= set(STAGES), "recipes keep their keys in stage sections"
+    for stage, keys in data.items():
+        base, resolved = load_config(stage=stage), load_config(RECIPES / name, stage=stage)
+        same = [k for k in keys if resolved[k] == base[k]]
+        assert not same, f"{name} [{stage}] repeats run.config's value of {same}"
+
+
+def test_sca2lstm_cli_reads_the_lees_recipe():
+    args = sca2lstm.build_parser().parse_args(["--config", "configs/simulate_lees2021.yaml"])
+    config = sca2lstm.resolve_pretrain_config(args)
+    assert (config["MODE"], config["SEQ_LEN"], config["PREDICT_LAST_N"]) == ("simulate", 365, 180)
+    assert config["TRAIN_BASINS"] == config["TEST_BASINS"] == SAMPLE
+    assert config["VAL_BASINS"] == [b for b in SAMPLE if b != "10003"]
+    assert config["EMA_DECAY"] == pytest.approx(0.99)
+
+
+def pretrain_config(argv: list[str]) -> dict:
+    return sca2lstm.resolve_pretrain_config(sca2lstm.build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("scenario", sorted(pretrain_quality.RECIPES))
+def test_pretrain_benchmark_resolves_to_its_recipe(scenario):
+    a = pretrain_quality.build_parser().parse_args(["--scenario", scenario, "--data_dir", "x"])
+    got = pretrain_config([*pretrain_quality.scenario_args(a), "--seed", "1"])
+    want = load_config(pretrain_quality.RECIPES[scenario], stage="pretrain", flags={"SEED": 1})
+    assert got == want
+
+
+def test_pretrain_benchmark_flags_change_the_recipe():
+    argv = ["--scenario", "all12", "--data_dir", "x", "--seq_len", "180", "--dropout", "0.1"]
+    a = pretrain_quality.build_parser().parse_args(argv)
+    config = pretrain_config(pretrain_quality.scenario_args(a))
+    assert (config["SEQ_LEN"], config["DROPOUT"], config["N_EPOCHS"]) == (180, 0.1, 40)
+
+
+# The sca2lstm.py arguments that the measured runs of benchmarks/README.md passed, before the
+# recipes existed (pretrain_quality.py built them from its own defaults and flags).
+_COMMON = (
+    "--batch_size {batch} --learning_rate 0.001 --accumulation_steps 1 "
+    "--set LSTM_HIDDEN_DIM=64 --set NUM_LAYERS=1 --set EMBEDDING_DIM=32 --set DROPOUT=0.2 "
+    "--set SAMPLES_PER_EPOCH={samples} --set PATIENCE={patience} --set WARMUP_STEPS=50"
+)
+_SIMULATE = _COMMON.format(batch=64, samples=4096, patience=10) + (
+    " --epochs 40 --mode simulate --seq_len 365 --set PREDICT_LAST_N=180 --set EMA_DECAY=0.99"
+)
+MEASURED = {
+    "forecast": _COMMON.format(batch=256, samples=0, patience=8)
+    + " --epochs 15 --mode forecast --seq_len 3 --pred_len 1",
+    "all12": _SIMULATE
+    + f" --train_basins {','.join(SAMPLE)} --test_basins {','.join(SAMPLE)}"
+    + f" --val_basins {','.join(b for b in SAMPLE if b != '10003')}",
+    "zeroshot": _SIMULATE
+    + f" --train_basins {','.join(TRAIN5)} --val_basins {','.join(TRAIN5)}"
+    + " --test_basins 10002,10003,22001,22006,39025,45003,54017",
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(MEASURED))
+def test_recipe_equals_the_measured_protocol(scenario):
+    measured = pretrain_config(shlex.split(MEASURED[scenario]))
+    recipe = load_config(pretrain_quality.RECIPES[scenario], stage="pretrain")
+    assert measured == recipe
+
+
+FINE_TUNE_MEASURED = {  # benchmarks/README.md, the fine-tuned zero-shot protocol
+    "pretrain": "--mode simulate --seq_len 180 --epochs 20 --set PREDICT_LAST_N=90 "
+    "--set LSTM_HIDDEN_DIM=64 --set NUM_LAYERS=1 --set EMBEDDING_DIM=32 --set DROPOUT=0.2 "
+    "--set BATCH_SIZE=64 --set SAMPLES_PER_EPOCH=2048 --set LR=1.0e-3 "
+    "--set GRADIENT_ACCUMULATION=1 --set WARMUP_STEPS=50 --set PATIENCE=8",
+    "fine_tune": "--epochs 10 --set BATCH_SIZE=64 --set SAMPLES_PER_EPOCH=1024 "
+    "--set LR=5.0e-4 --set PATIENCE=4",
+}
+_TUNE_ARGS = ["--target_basin", "22001", "--pretrained_model", "x.pth"]
+
+
+def fine_tune_config(argv: list[str]) -> dict:
+    args = fine_train.build_parser().parse_args([*_TUNE_ARGS, *argv])
+    return fine_train.resolve_fine_tune_config(args)
+
+
+def test_fine_tune_recipe_equals_the_measured_protocol():
+    recipe = RECIPES / "fine_tune.yaml"
+    measured = pretrain_config(shlex.split(FINE_TUNE_MEASURED["pretrain"]))
+    # the measured CPU runs set LR only; the recipe sets LR_GPU to match
+    want = without_run_keys(load_config(recipe, stage="pretrain"))
+    assert without_run_keys(measured) | {"LR_GPU": 1.0e-3} == want
+    measured = fine_tune_config(shlex.split(FINE_TUNE_MEASURED["fine_tune"]))
+    # --fine_tune_set BATCH_SIZE and LR left the GPU keys at their fine_tune defaults
+    gpu = {"BATCH_SIZE_GPU": 64, "LR_GPU": 5.0e-4}
+    assert measured | gpu == load_config(recipe, stage="fine_tune")
+
+
+def test_fine_tune_benchmark_passes_its_recipe_to_both_stages(tmp_path):
+    args = fine_tune_quality.build_parser().parse_args(["--data_dir", "x"])
+    recipe = Path(args.config)
+    assert recipe == RECIPES / "fine_tune.yaml"
+    pre = pretrain_config(fine_tune_quality._pretrain_argv(args, "1", tmp_path))
+    assert without_run_keys(pre) == without_run_keys(load_config(recipe, stage="pretrain"))
+    argv = fine_tune_quality._fine_tune_argv(args, "1", "22001", tmp_path / "c.pth", tmp_path)
+    tune = fine_train.resolve_fine_tune_config(fine_train.build_parser().parse_args(argv))
+    assert without_run_keys(tune) == without_run_keys(load_config(recipe, stage="fine_tune"))
