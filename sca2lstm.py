@@ -815,7 +815,12 @@ def pretrain(
 DATA_KEYS = ("INPUT_DIR", "DYNAMIC_INPUTS", "TARGET", "TRAIN_BASINS", "VAL_BASINS", "TEST_BASINS")
 
 
-def search_trainer(data_dir: Path, device: torch.device, dry_run: bool = False):
+def search_trainer(
+    data_dir: Path,
+    device: torch.device,
+    dry_run: bool = False,
+    loaded: tuple[dict, InputData] | None = None,
+):
     """The training function of a search trial: train on the training basins and period and
     score the validation basins over the validation period after every epoch.
 
@@ -823,6 +828,8 @@ def search_trainer(data_dir: Path, device: torch.device, dry_run: bool = False):
     The input data are loaded once per process and shared by the trials.
     """
     cache: dict[str, InputData] = {}
+    if loaded is not None:
+        cache[repr([loaded[0][k] for k in DATA_KEYS])] = loaded[1]
 
     def train(config: dict, params: dict, report) -> TrialOutcome:
         key = repr([config[k] for k in DATA_KEYS])
@@ -855,11 +862,12 @@ def run_pretrain_search(
     else:
         space = parse_space(config["HYPEROPT_SPACE"], config)
         settings = SearchSettings.from_config(config, default_name="pretrain")
-    # Check the data before the study folder exists.
-    load_input_data(config, data_dir, list(dict.fromkeys(
+    # The data are checked before the study folder exists, and the trials reuse them.
+    data = load_input_data(config, data_dir, list(dict.fromkeys(
         config["TRAIN_BASINS"] + config["VAL_BASINS"] + config["TEST_BASINS"])))  # fmt: skip
     search = open_search(settings, space, stage="window_sizes" if args.window_sizes else "pretrain")
-    study = run_search(search, search_trainer(data_dir, device, args.dry_run), config)
+    trainer = search_trainer(data_dir, device, args.dry_run, loaded=(config, data))
+    study = run_search(search, trainer, config)
     results = write_results(search)
     if args.window_sizes:
         write_window_comparison(search)

@@ -183,6 +183,7 @@ def test_window_size_comparison(camels_gb_dir, input_dir, tmp_path):
     assert (study_dir / "window_size_comparison.png").stat().st_size > 1000
     assert out["sampler"]["class"] == "GridSampler" and out["pruner"] == {"class": "NopPruner"}
     assert not (tmp_path / "model_output" / "pretrain").exists()  # --search_only
+    assert not (tmp_path / "model_output" / "sca2lstm.pth").exists()  # trials write no model
 
 
 def test_fine_train_search_uses_the_same_engine(camels_gb_dir, input_dir, tmp_path):
