@@ -66,6 +66,7 @@ from utils import (
     close_log_files,
     config_summary,
     ensure_writable,
+    eval_batch_size,
     explicit_keys,
     fit,
     iso_date,
@@ -584,7 +585,7 @@ def fine_tune(job: FineTuneJob, run_dir: Path) -> dict:
         log.warning("basin %s has no valid record in the test period: no test scores", basin)
 
     settings = TrainSettings.from_config(config, job.device)
-    eval_batch = max(1024, settings.batch_size)
+    eval_batch = eval_batch_size(settings.batch_size)
     zero = score(job, eval_batch, "zero_shot")
     # For one basin this is the score fit() early-stops on (the median NSE over basins).
     zero_val_nse = float(zero.loc[zero["period"] == "validation", "nse"].iloc[0])
