@@ -26,7 +26,7 @@ import copy
 import math
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,17 @@ from hydrologyDataset import (
     block_end,
     load_input_data,
     resolve_data_dir,
+)
+from hyperopt import (
+    SearchSettings,
+    TrialOutcome,
+    add_search_args,
+    best_config,
+    open_search,
+    parse_space,
+    run_search,
+    search_flags,
+    write_results,
 )
 from sca2lstm import SCA2LSTM, ModelArgs
 from utils import (
@@ -148,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="SEED")
     parser.add_argument("--no_cuda", action="store_true", help="run on the CPU")
     parser.add_argument("--demo", action="store_true", help="use the synthetic demo dataset")
+    add_search_args(parser)
     add_common_args(parser)
     show_config_defaults(parser, "fine_tune")
     return parser
@@ -166,6 +178,7 @@ def resolve_fine_tune_config(args: argparse.Namespace) -> dict:
         "HORIZON_WEIGHTS": (
             parse_horizon_weights(args.horizon_weights) if args.horizon_weights else None
         ),
+        **search_flags(args),
     }
     if args.batch_size is not None:
         flags["BATCH_SIZE"] = flags["BATCH_SIZE_GPU"] = args.batch_size
@@ -716,16 +729,111 @@ def fine_tune(job: FineTuneJob, run_dir: Path) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- hyperparameter search
+
+
+def parse_unfreeze(value: str) -> list[str]:
+    """``UNFREEZE`` choice -> freeze groups; ``none`` or a comma list like ``embedding,lstm1``."""
+    text = str(value).strip()
+    groups = [] if text == "none" else [g.strip() for g in text.split(",") if g.strip()]
+    return [g for g in FREEZE_GROUPS if g in groups]
+
+
+def _check_unfreeze(value) -> str | None:
+    text = str(value).strip()
+    groups = [] if text == "none" else [g.strip() for g in text.split(",") if g.strip()]
+    bad = [g for g in groups if g not in FREEZE_GROUPS]
+    if bad or (not groups and text != "none"):
+        return (
+            f"{value!r} is not 'none' or a comma list of {', '.join(FREEZE_GROUPS)} "
+            "(the groups trained besides lstm2 and head)"
+        )
+    return None
+
+
+def search_trainer(job: FineTuneJob):
+    """Training function of a trial: a fresh copy of the pretrained model, fine-tuned on the
+    training block and scored on the validation block each epoch; the test period is never
+    scored and nothing is written."""
+
+    def train(config: dict, params: dict, report) -> TrialOutcome:
+        model, _, _ = model_from_checkpoint(job.ckpt, job.parent)
+        unfrozen = parse_unfreeze(params["UNFREEZE"]) if "UNFREEZE" in params else job.unfrozen
+        freeze(model, unfrozen)
+        model.to(job.device)
+        seed_everything(config["SEED"])
+        trial_job = replace(job, model=model, config=config, unfrozen=unfrozen)
+
+        def on_epoch(record, model_, is_best, state) -> None:
+            report(record["epoch"], record["val_nse"])
+
+        settings = TrainSettings.from_config(config, job.device)
+        with _cudnn_guard(trial_job):
+            result = fit(model, job.train, job.val, settings, job.device, on_epoch=on_epoch)
+        return TrialOutcome(result.best_score, len(result.history), {job.basin: result.best_score})
+
+    return train
+
+
+def search(job: FineTuneJob, search_only: bool) -> tuple[FineTuneJob, dict]:
+    """Search HYPEROPT_SPACE (its fine_tune section) for this basin; the job with the best
+    settings and the search results."""
+    space = parse_space(
+        job.config["HYPEROPT_SPACE"], job.config, extra={"UNFREEZE": _check_unfreeze}
+    )
+    fixed = [k for k in space if k in MODEL_KEYS]
+    if fixed:
+        raise UserError(
+            f"HYPEROPT_SPACE searches {', '.join(fixed)}, which the checkpoint fixes; fine-tuning "
+            "searches training keys (LR, N_EPOCHS, ...) and UNFREEZE"
+        )
+    settings = SearchSettings.from_config(job.config, default_name=f"fine_tune_basin_{job.basin}")
+    opened = open_search(
+        settings, space, stage=f"fine_tune basin {job.basin} from {job.parent.resolve()}"
+    )
+    study = run_search(opened, search_trainer(job), job.config)
+    results = write_results(opened)
+    results["study_dir"] = str(settings.study_dir)
+    if search_only:
+        return job, results
+    config, params = best_config(study, space, job.config)
+    config["ENABLE_HYPEROPT"] = True
+    config["OPTUNA_STUDY_NAME"] = settings.study_name
+    unfrozen = parse_unfreeze(params["UNFREEZE"]) if "UNFREEZE" in params else job.unfrozen
+    model, _, _ = model_from_checkpoint(job.ckpt, job.parent)
+    freeze(model, unfrozen)
+    model.to(job.device)
+    log.info(
+        "fine-tuning with the best trial %d of study %s (validation NSE %.4f): %s",
+        results["best_trial"],
+        settings.study_name,
+        results["best_score"],
+        params,
+    )
+    return replace(job, config=config, unfrozen=unfrozen, model=model), results
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Command-line entry point; returns what :func:`fine_tune` returns."""
+    """Command-line entry point; returns what :func:`fine_tune` returns (with ``--search_only``:
+    the search results)."""
     args = build_parser().parse_args(argv)
     setup_logging()
     job = prepare(args)
+    results = None
+    if args.search_only and not job.config["ENABLE_HYPEROPT"]:
+        raise UserError("--search_only applies to a search: add --enable_hyperopt")
+    if job.config["ENABLE_HYPEROPT"]:
+        job, results = search(job, args.search_only)
+        if args.search_only:
+            return results
     seed_everything(job.config["SEED"])
     # Every input is checked above; a failure from here on removes the whole run folder.
     run_dir = make_run_dir(output_root(job.config) / "fine_tune" / f"basin_{job.basin}")
     try:
         setup_logging(run_dir / "fine_tune.log")
+        if results is not None:
+            keys = ("study_name", "storage", "study_dir", "best_trial", "best_score", "best_params")
+            write_json(run_dir / "hyperopt_source.json", {k: results[k] for k in keys})
         return fine_tune(job, run_dir)
     except BaseException:
         close_log_files()

@@ -38,6 +38,18 @@ from hydrologyDataset import (
     load_input_data,
     resolve_data_dir,
 )
+from hyperopt import (
+    SearchSettings,
+    TrialOutcome,
+    add_search_args,
+    best_config,
+    open_search,
+    parse_space,
+    run_search,
+    search_flags,
+    write_results,
+    write_window_comparison,
+)
 from utils import (
     CheckpointLoadable,
     HelpFormatter,
@@ -61,6 +73,7 @@ from utils import (
     log,
     log_device,
     make_run_dir,
+    nse,
     output_root,
     parse_horizon_weights,
     period,
@@ -72,6 +85,7 @@ from utils import (
     run_cli,
     save_checkpoint,
     seed_everything,
+    series_by_basin,
     setup_logging,
     show_config_defaults,
     write_csv,
@@ -425,9 +439,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one epoch on few batches (smoke test)",
     )
+    add_search_args(parser)
+    parser.add_argument(
+        "--window_sizes",
+        type=window_list,
+        metavar="L1,L2,...",
+        help="compare input windows: a grid over SEQ_LEN only (e.g. 3,7,30,90,365), written to "
+        "window_comparison.csv and window_size_comparison.png in the study folder",
+    )
     add_common_args(parser)
     show_config_defaults(parser, "pretrain")
     return parser
+
+
+def window_list(text: str) -> list[int]:
+    """argparse type for ``--window_sizes 3,7,30``: distinct integers of at least 1."""
+    values = [positive_int(t) for t in csv_list(text)]
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"a window size is given twice in {text!r}")
+    return values
 
 
 def resolve_pretrain_config(args: argparse.Namespace) -> dict:
@@ -455,6 +485,7 @@ def pretrain_flags(args: argparse.Namespace) -> dict:
         "HORIZON_WEIGHTS": (
             parse_horizon_weights(args.horizon_weights) if args.horizon_weights else None
         ),
+        **search_flags(args),
     }
     if args.batch_size:
         flags["BATCH_SIZE"] = flags["BATCH_SIZE_GPU"] = args.batch_size
@@ -592,29 +623,41 @@ def channel_weight_table(model: SCA2LSTM, windows: WindowData, data: InputData, 
     return pd.DataFrame(rows)
 
 
-def pretrain(
+@dataclass
+class PretrainJob:
+    """What training needs: data, scalers, the training and validation windows, the model.
+
+    The test period is not part of it: only :func:`pretrain` scores it, after training.
+    """
+
+    config: dict
+    spec: FeatureSpec
+    data: InputData
+    scalers: Scalers
+    groups: dict
+    train: WindowData
+    val: WindowData
+    model: SCA2LSTM
+    settings: TrainSettings
+
+
+def prepare_pretrain(
     config: dict,
     data_dir: Path,
     device: torch.device,
-    run_dir: Path,
-    resume_dir: Path | None = None,
+    data: InputData | None = None,
     dry_run: bool = False,
-) -> dict:
-    """Train SCA2LSTM on TRAIN_BASINS, early-stop on VAL_BASINS, score on the test period.
-
-    Returns
-    -------
-    dict
-        ``run_dir``, ``checkpoint`` (best), ``history`` and per-basin ``metrics`` (DataFrame).
-    """
+) -> PretrainJob:
+    """Load the data (unless given), fit the scalers on the training basins and period, and
+    build the training and validation windows and the model; writes nothing."""
     groups = {
         "train": config["TRAIN_BASINS"],
         "validation": config["VAL_BASINS"],
         "test": config["TEST_BASINS"],
     }
     all_basins = list(dict.fromkeys(groups["train"] + groups["validation"] + groups["test"]))
-    started = _pointer_stamp(output_root(config) / "sca2lstm.pth")
-    data = load_input_data(config, data_dir, all_basins)
+    if data is None:
+        data = load_input_data(config, data_dir, all_basins)
     spec = FeatureSpec.from_config(config)
     scalers = Scalers.fit(
         data, spec, groups["train"], *period(config, "train"), static_clamp=config["STATIC_CLAMP"]
@@ -679,6 +722,28 @@ def pretrain(
     if data.synthetic:
         log.warning("training on SYNTHETIC demo data: scores say nothing about real catchments")
     log_future_inputs(spec)
+    return PretrainJob(config, spec, data, scalers, groups, train, val, model, settings)
+
+
+def pretrain(
+    config: dict,
+    data_dir: Path,
+    device: torch.device,
+    run_dir: Path,
+    resume_dir: Path | None = None,
+    dry_run: bool = False,
+) -> dict:
+    """Train SCA2LSTM on TRAIN_BASINS, early-stop on VAL_BASINS, score on the test period.
+
+    Returns
+    -------
+    dict
+        ``run_dir``, ``checkpoint`` (best), ``history`` and per-basin ``metrics`` (DataFrame).
+    """
+    started = _pointer_stamp(output_root(config) / "sca2lstm.pth")
+    job = prepare_pretrain(config, data_dir, device, dry_run=dry_run)
+    spec, data, scalers, groups = job.spec, job.data, job.scalers, job.groups
+    train, val, model, settings = job.train, job.val, job.model, job.settings
     if distributed_rank()[0] == 0:
         write_json(run_dir / "feature_classification.json", spec.feature_classification())
 
@@ -825,8 +890,78 @@ def pretrain(
     }
 
 
+# --------------------------------------------------------------------------- hyperparameter search
+
+# Keys whose values change what load_input_data reads; other keys reuse the loaded data.
+DATA_KEYS = ("INPUT_DIR", "DYNAMIC_INPUTS", "TARGET", "TRAIN_BASINS", "VAL_BASINS", "TEST_BASINS")
+
+
+def search_trainer(
+    data_dir: Path,
+    device: torch.device,
+    dry_run: bool = False,
+    loaded: tuple[dict, InputData] | None = None,
+):
+    """The training function of a search trial: train on the training basins and period and
+    score the validation basins over the validation period after every epoch.
+
+    Nothing is written and the test period is never scored: a trial builds no test windows.
+    The input data are loaded once per process and shared by the trials.
+    """
+    cache: dict[str, InputData] = {}
+    if loaded is not None:
+        cache[repr([loaded[0][k] for k in DATA_KEYS])] = loaded[1]
+
+    def train(config: dict, params: dict, report) -> TrialOutcome:
+        key = repr([config[k] for k in DATA_KEYS])
+        if key not in cache:
+            basins = config["TRAIN_BASINS"] + config["VAL_BASINS"] + config["TEST_BASINS"]
+            cache[key] = load_input_data(config, data_dir, list(dict.fromkeys(basins)))
+        seed_everything(config["SEED"])
+        job = prepare_pretrain(dict(config), data_dir, device, data=cache[key], dry_run=dry_run)
+
+        def on_epoch(record, model_, is_best, state) -> None:
+            report(record["epoch"], record["val_nse"])
+
+        result = fit(job.model, job.train, job.val, job.settings, device, on_epoch=on_epoch)
+        pred = predict_windows(job.model, job.val, batch_size=max(1024, job.settings.batch_size))
+        per_basin = {b: nse(v["obs"], v["sim"]) for b, v in series_by_basin(job.val, pred).items()}
+        return TrialOutcome(result.best_score, len(result.history), per_basin)
+
+    return train
+
+
+def run_pretrain_search(
+    args: argparse.Namespace, config: dict, data_dir: Path, device: torch.device
+) -> tuple[dict, dict]:
+    """Search (or compare window sizes), write the study's results, and return the config of
+    the best trial and the results."""
+    if args.window_sizes:
+        space = parse_space({"SEQ_LEN": {"choices": args.window_sizes}}, config)
+        grid = {"SEQ_LEN": list(args.window_sizes)}
+        settings = SearchSettings.from_config(config, default_name="window_sizes", grid=grid)
+    else:
+        space = parse_space(config["HYPEROPT_SPACE"], config)
+        settings = SearchSettings.from_config(config, default_name="pretrain")
+    # The data are checked before the study folder exists, and the trials reuse them.
+    data = load_input_data(config, data_dir, list(dict.fromkeys(
+        config["TRAIN_BASINS"] + config["VAL_BASINS"] + config["TEST_BASINS"])))  # fmt: skip
+    search = open_search(settings, space, stage="window_sizes" if args.window_sizes else "pretrain")
+    trainer = search_trainer(data_dir, device, args.dry_run, loaded=(config, data))
+    study = run_search(search, trainer, config)
+    results = write_results(search)
+    if args.window_sizes:
+        write_window_comparison(search)
+    best, params = best_config(study, space, config)
+    best["ENABLE_HYPEROPT"] = True
+    best["OPTUNA_STUDY_NAME"] = settings.study_name
+    results["study_dir"] = str(settings.study_dir)
+    return best, results
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Command-line entry point; returns what :func:`pretrain` returns."""
+    """Command-line entry point; returns what :func:`pretrain` returns (with ``--search_only``:
+    the search results)."""
     args = build_parser().parse_args(argv)
     config = resolve_pretrain_config(args)
     setup_logging()
@@ -865,6 +1000,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
         )
     elif world > 1:
         raise UserError("started by torchrun with several processes: add --parallel")
+    search = None
+    if args.search_only and not (config["ENABLE_HYPEROPT"] or args.window_sizes):
+        raise UserError(
+            "--search_only applies to a search: add --enable_hyperopt or --window_sizes"
+        )
+    if config["ENABLE_HYPEROPT"] or args.window_sizes:
+        if args.parallel or args.resume:
+            raise UserError(
+                "--enable_hyperopt and --window_sizes run one process per worker; leave out "
+                "--parallel and --resume (running the command again continues the study)"
+            )
+        config, search = run_pretrain_search(args, config, data_dir, device)
+        if args.search_only:
+            return search
+        log.info(
+            "final model: best trial %d of study %s (validation NSE %.4f): %s",
+            search["best_trial"],
+            search["study_name"],
+            search["best_score"],
+            search["best_params"],
+        )
     seed_everything(config["SEED"])
     resume_dir = _find_resume(config, args.resume) if args.resume else None
     if resume_dir is not None:
@@ -889,6 +1045,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         log_device(device)
         if rank == 0:
             write_yaml(run_dir / "config.yaml", config)
+        if search is not None:
+            keys = ("study_name", "storage", "study_dir", "best_trial", "best_score", "best_params")
+            write_json(run_dir / "hyperopt_source.json", {k: search[k] for k in keys})
         log.info("config: %s (every key: config.yaml)", config_summary(config))
         return pretrain(config, data_dir, device, run_dir, resume_dir, dry_run=args.dry_run)
     except BaseException:

@@ -137,6 +137,31 @@ SCHEMA: dict[str, type | tuple[type, ...]] = {
     "PSO_W": float,
     "PSO_INPUTS": str,
     "PSO_BOUNDS": dict,
+    "ENABLE_HYPEROPT": bool,
+    "N_TRIALS": int,
+    "OPTUNA_TIMEOUT": (float, type(None)),
+    "OPTUNA_PRUNING": bool,
+    "OPTUNA_STUDY_NAME": (str, type(None)),
+    "OPTUNA_STORAGE": (str, type(None)),
+    "OPTUNA_HEARTBEAT_INTERVAL": int,
+    "OPTUNA_TPE": dict,
+    "OPTUNA_MEDIAN_PRUNER": dict,
+    "HYPEROPT_SPACE": dict,
+}
+# Settings of optuna.samplers.TPESampler and optuna.pruners.MedianPruner that run.config writes
+# out (Optuna 5 changed TPE defaults, so the search never relies on them), with their types.
+OPTUNA_TPE_KEYS = {
+    "n_startup_trials": int,
+    "n_ei_candidates": int,
+    "multivariate": bool,
+    "group": bool,
+    "constant_liar": bool,
+}
+OPTUNA_PRUNER_KEYS = {
+    "n_startup_trials": int,
+    "n_warmup_steps": int,
+    "interval_steps": int,
+    "n_min_trials": int,
 }
 PSO_DIMENSIONS = (
     "time_steps",
@@ -234,6 +259,17 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
         raise UserError(f"config key {key} in {source} must be {names}, got {value!r}")
     return value
+
+
+def coerce_value(key: str, value: Any, source: str) -> Any:
+    """Check one value of config key ``key`` against its type (as load_config does).
+
+    Raises
+    ------
+    UserError
+        An unknown key or a value of the wrong type; the message names ``source``.
+    """
+    return _coerce(key, value, source)
 
 
 def _merge(config: dict, data: dict, source: str) -> None:
@@ -488,6 +524,51 @@ def validate_config(config: dict[str, Any]) -> None:
             raise UserError(f"PSO_BOUNDS.{dim} must hold two numbers, got {pair!r}") from None
         if lo > hi:
             raise UserError(f"PSO_BOUNDS.{dim}: lower bound {lo} is above upper bound {hi}")
+    _validate_hyperopt(config)
+
+
+def _validate_hyperopt(config: dict[str, Any]) -> None:
+    """The search keys; hyperopt.parse_space checks HYPEROPT_SPACE entry by entry."""
+    if config["N_TRIALS"] < 1:
+        raise UserError(
+            f"N_TRIALS (--n_trials) must be at least 1, got {config['N_TRIALS']}: it is the "
+            "number of trials the study runs"
+        )
+    timeout = config["OPTUNA_TIMEOUT"]
+    if timeout is not None and not timeout > 0:
+        raise UserError(
+            f"OPTUNA_TIMEOUT (--optuna_timeout) must be a positive number of seconds, or null "
+            f"for no time limit; got {timeout}"
+        )
+    if config["OPTUNA_HEARTBEAT_INTERVAL"] < 1:
+        raise UserError(
+            f"OPTUNA_HEARTBEAT_INTERVAL must be at least 1 second, "
+            f"got {config['OPTUNA_HEARTBEAT_INTERVAL']}"
+        )
+    name = config["OPTUNA_STUDY_NAME"]
+    if name is not None and (not name or not all(c.isalnum() or c in "-_." for c in name)):
+        raise UserError(
+            f"OPTUNA_STUDY_NAME (--study_name) {name!r} may hold only letters, digits, '-', '_' "
+            "and '.' (it names the study folder)"
+        )
+    tables = (("OPTUNA_TPE", OPTUNA_TPE_KEYS), ("OPTUNA_MEDIAN_PRUNER", OPTUNA_PRUNER_KEYS))
+    for key, allowed in tables:
+        table = config[key]
+        if set(table) != set(allowed):
+            raise UserError(f"{key} must set exactly {', '.join(allowed)}; got {sorted(table)}")
+        for name_, kind in allowed.items():
+            value = table[name_]
+            if type(value) is not kind or (kind is int and value < 0):
+                what = "an integer >= 0" if kind is int else "true or false"
+                raise UserError(f"{key}.{name_} must be {what}, got {value!r}")
+    if config["OPTUNA_MEDIAN_PRUNER"]["interval_steps"] < 1:
+        raise UserError("OPTUNA_MEDIAN_PRUNER.interval_steps must be at least 1")
+    for key, entry in config["HYPEROPT_SPACE"].items():
+        if not isinstance(entry, dict):
+            raise UserError(
+                f"HYPEROPT_SPACE.{key} must be a table such as {{choices: [16, 32]}} or "
+                f"{{low: 1.0e-4, high: 1.0e-2, log: true}}, got {entry!r}"
+            )
 
 
 def _check_future_inputs(config: dict[str, Any]) -> None:
