@@ -713,6 +713,11 @@ def prepare_ensemble(args: argparse.Namespace) -> tuple[Path, dict, list[FineTun
         A bad manifest, a missing member, members that cannot form one ensemble, or any bad
         input :func:`prepare` finds for a member.
     """
+    if args.seed is not None:
+        raise UserError(
+            f"--seed with the ensemble {args.pretrained_model}: each member is fine-tuned with "
+            "its own seed, the one it was pretrained with; drop --seed"
+        )
     path = Path(args.pretrained_model).expanduser()
     manifest, parents = read_ensemble_manifest(path)
     jobs = [prepare(argparse.Namespace(**{**vars(args), "pretrained_model": p})) for p in parents]
@@ -723,7 +728,8 @@ def prepare_ensemble(args: argparse.Namespace) -> tuple[Path, dict, list[FineTun
 def fine_tune_ensemble(args: argparse.Namespace) -> dict:
     """Fine-tune every member of an ensemble on the basin, in one run folder.
 
-    ``<run>/member_<seed>/`` holds each member's fine-tuning run (the files of one run);
+    ``<run>/member_<seed>/`` holds each member's fine-tuning run (the files of one run), tuned
+    with the member's seed;
     ``<run>/ensemble.json`` the fine-tuned ensemble, which ``predict.py --ensemble`` and
     ``fine_train.py`` read; ``metrics_before_after.csv`` the ensemble's zero-shot and fine-tuned
     scores (the mean of the members in mm/day) and ``members_vs_ensemble.csv`` the members',
@@ -749,7 +755,8 @@ def fine_tune_ensemble(args: argparse.Namespace) -> dict:
         for seed, job in zip(manifest["seeds"], jobs, strict=True):
             member_dir = run_dir / f"member_{seed}"
             member_dir.mkdir()
-            seed_everything(job.config["SEED"])
+            job.config["SEED"] = seed  # the member's own seed, as a single run with --seed
+            seed_everything(seed)
             with LogFile(member_dir / "fine_tune.log"):
                 results.append(fine_tune(job, member_dir))
         tuned = score(first, eval_batch, "fine_tuned", members=jobs)

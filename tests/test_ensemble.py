@@ -284,9 +284,10 @@ def test_fine_tune_on_a_manifest_tunes_every_member(ensemble, demo_dir, tmp_path
     assert [p.relative_to(run).as_posix() for p in members] == [
         f"member_{s}/best_model_basin_22001.pth" for s in SEEDS
     ]
-    for path, parent in zip(members, ensemble["checkpoints"], strict=True):
+    for seed, path, parent in zip(SEEDS, members, ensemble["checkpoints"], strict=True):
         ckpt = load_checkpoint(path)
         assert ckpt["stage"] == "fine_tune" and ckpt["parent"] == str(parent.resolve())
+        assert ckpt["config"]["SEED"] == seed  # each member tuned with its own seed
     table = res["metrics"].set_index(["period", "model"])
     # zero-shot, the ensemble is the pretrained one: the pretraining run's test-period score
     pre = pd.read_csv(ensemble["run_dir"] / "metrics_test_period.csv", dtype={"basin": str})
@@ -305,3 +306,19 @@ def test_fine_tune_on_a_manifest_tunes_every_member(ensemble, demo_dir, tmp_path
     row = out["metrics"].iloc[0]
     assert row["basin"] == "22001" and row["model"] == "ensemble_of_2"
     assert row["nse"] == pytest.approx(table.loc[("test", "fine_tuned"), "nse"], **CLOSE)
+
+
+def test_fine_tune_manifest_refuses_one_seed_and_a_missing_member(ensemble, demo_dir, tmp_path):
+    base = demo_args(
+        demo_dir, ensemble["work"], "--output_dir", str(tmp_path), "--device", "cpu",
+        "--target_basin", "22001",
+    )  # fmt: skip
+    manifest = ensemble["run_dir"] / "ensemble.json"
+    with pytest.raises(UserError, match="drop --seed"):
+        fine_train.main([*base, "--pretrained_model", str(manifest), "--seed", "1"])
+    broken = tmp_path / "broken"
+    shutil.copytree(ensemble["run_dir"], broken)
+    (broken / "member_5" / "best_model.pth").unlink()
+    with pytest.raises(UserError, match="member_5/best_model.pth missing"):
+        fine_train.main([*base, "--pretrained_model", str(broken / "ensemble.json")])
+    assert not (tmp_path / "fine_tune").exists()
