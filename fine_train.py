@@ -12,6 +12,7 @@ Usage::
         --unfreeze_embedding --unfreeze_lstm1 --learning_rate 1e-5
     python fine_train.py --target_basin 32006 --start 1995-01-01 \\
         --pretrained_model model_output/fine_tune/basin_32006/<run>/best_model_basin_32006.pth
+    python fine_train.py --target_basin 32006 --pretrained_model model_output/sca2lstm_ensemble.json
 
 Each run writes ``model_output/fine_tune/basin_<id>/<timestamp>/`` with
 ``best_model_basin_<id>.pth``, ``training_curve.png``, ``fine_tune.log``, ``config.yaml``,

@@ -12,6 +12,7 @@ Usage::
         --end 2000-12-31 --export_weights
     python predict.py --model model_output/sca2lstm.pth --basin 22001 \\
         --compare "model_output/pso_lstm/basin_22001/*/best_model_basin_22001.pth"
+    python predict.py --ensemble --model model_output/sca2lstm_ensemble.json
 
 Outputs, in a new run folder ``<OUTPUT_DIR>/predict/<YYYYmmdd_HHMMSS>/`` (built in a hidden
 temporary folder and renamed at the end, so a failed run leaves no folder behind):
@@ -25,6 +26,9 @@ temporary folder and renamed at the end, so a failed run leaves no folder behind
 - ``config.yaml`` (resolved config) and ``predict.log``.
 - Per basin (first model, lead 1 in forecast mode): ``hydrograph_<id>.png``, ``scatter_<id>.png``,
   ``residuals_<id>.png``, ``fdc_<id>.png``; with ``--compare`` also ``compare_hydrograph_<id>.png``.
+- ``--ensemble``: the ensemble (the mean of the members in mm/day) is the first model, then each
+  member; its rows of ``predictions.csv`` add the members' range (``sim_min_mm_day``,
+  ``sim_max_mm_day``, ``sim_min_m3s``, ``sim_max_m3s``), drawn as a band on the hydrographs.
 - ``--export_weights`` (SCA2LSTM): ``channel_weights_daily.csv`` (date = last input day of the
   window, basin, step 0..L-1 with L-1 that day, channel, weight), ``channel_weights_mean.csv``,
   ``channel_weights_season.csv`` (DJF/MAM/JJA/SON) and ``channel_weights.png``. The weights show

@@ -6,6 +6,7 @@ Usage::
     python sca2lstm.py --demo --epochs 2                  # synthetic data, a quick check
     python sca2lstm.py --epochs 60 --data_dir /data/CAMELS_GB
     python sca2lstm.py --mode simulate --seq_len 365 --set PREDICT_LAST_N=30
+    python sca2lstm.py --config configs/zero_shot.yaml --seeds 1,2,3   # an ensemble of 3
 
 In a notebook::
 
@@ -1008,25 +1009,7 @@ def report_ensemble(
             run_dir=os.path.relpath(run_dir, pointer.parent),
             **extra,
         )
-    for _, row in side.iterrows():
-        log.info(
-            "test period  %s %-28s NSE members %s  mean %.3f  ensemble %.3f",
-            row["basin"],
-            str(row["gauge_name"])[:28],
-            " ".join(f"{row[f'nse_{name}']:.3f}" for name in tables),
-            row["nse_member_mean"],
-            row["nse_ensemble"],
-        )
-    log.info(
-        "ensemble of %d: median test-period NSE %.3f (%.3f over basins never trained on); the "
-        "members' medians %s; best member on validation: seed %d%s",
-        len(entries),
-        summary["median_test_nse"] or float("nan"),
-        summary["median_test_nse_unseen_basins"] or float("nan"),
-        ", ".join(f"{v:.3f}" for v in summary["members_median_test_nse"]),
-        best["seed"],
-        f" (now {pointer})" if pointer else "",
-    )
+    log_ensemble(side, [f"seed_{e['seed']}" for e in entries], summary, best["seed"], pointer)
     return {
         "run_dir": run_dir,
         "manifest": run_dir / ENSEMBLE_MANIFEST,
@@ -1037,6 +1020,31 @@ def report_ensemble(
         "members_vs_ensemble": side,
         "device": str(device),
     }
+
+
+def log_ensemble(
+    side: pd.DataFrame, names: list[str], summary: dict, best: int, pointer: Path | None
+) -> None:
+    """Log the members', their mean's and the ensemble's test-period NSE per basin."""
+    for _, row in side.iterrows():
+        log.info(
+            "test period  %s %-28s NSE members %s  mean %.3f  ensemble %.3f",
+            row["basin"],
+            str(row["gauge_name"])[:28],
+            " ".join(f"{row[f'nse_{name}']:.3f}" for name in names),
+            row["nse_member_mean"],
+            row["nse_ensemble"],
+        )
+    log.info(
+        "ensemble of %d: median test-period NSE %.3f (%.3f over basins never trained on); the "
+        "members' medians %s; best member on validation: seed %d%s",
+        len(names),
+        summary["median_test_nse"] or float("nan"),
+        summary["median_test_nse_unseen_basins"] or float("nan"),
+        ", ".join(f"{v:.3f}" for v in summary["members_median_test_nse"]),
+        best,
+        f" (now {pointer})" if pointer else "",
+    )
 
 
 def ensemble_main(
@@ -1063,6 +1071,11 @@ def ensemble_main(
             raise UserError(
                 f"--resume {run_dir}: that ensemble has seeds {manifest['seeds']}, not {seeds}; "
                 "drop --ensemble/--seeds to continue it"
+            )
+        if all(_member_done(_member_dir(run_dir, s)) for s in manifest["seeds"]):
+            raise UserError(
+                f"--resume {run_dir}: that ensemble has finished all its members; start a new "
+                "run (finished members are never retrained)"
             )
         seeds = manifest["seeds"]
         saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))

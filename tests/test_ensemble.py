@@ -151,6 +151,8 @@ def test_bad_ensemble_flags_are_user_errors_and_leave_nothing(demo_dir, tmp_path
 def test_resume_keeps_finished_members_and_continues_the_others(ensemble, demo_dir, tmp_path):
     run = tmp_path / "interrupted"
     shutil.copytree(ensemble["run_dir"], run)
+    with pytest.raises(UserError, match="finished all its members"):
+        sca2lstm.main(pretrain_argv(demo_dir, tmp_path, "--resume", str(run)))
     # Member 5 was cut off after its first epoch: last_model.pth, no test scores yet.
     (run / "member_5" / "best_model.pth").unlink()
     (run / "member_5" / "metrics_test_period.csv").unlink()
