@@ -881,13 +881,22 @@ def ensemble_members(args: argparse.Namespace) -> tuple[list[Path], Path | None]
     Returns
     -------
     (list of Path, Path or None)
-        The members in order, and the manifest when one was given.
+        The members in order, and the manifest when one was given; none without ``--ensemble``.
 
     Raises
     ------
     UserError
-        Fewer than two members, a member named twice, or options an ensemble cannot take.
+        Fewer than two members, a member named twice, options an ensemble cannot take, or a
+        manifest without ``--ensemble``.
     """
+    if not args.ensemble:
+        manifests = [m for m in args.model if is_ensemble_manifest(m)]
+        if manifests:
+            raise UserError(
+                f"--model {manifests[0]} is an ensemble manifest; add --ensemble to predict "
+                "with its members"
+            )
+        return [], None
     if args.export_weights:
         raise UserError(
             "--export_weights with --ensemble: the channel weights are a member's; predict "
@@ -1027,7 +1036,7 @@ def _publish(tmp: Path, parent: Path) -> Path:
 def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
     """Everything after the arguments: check all input, predict, then write the run folder."""
     device = resolve_device(args.device, config=config)
-    members, manifest = ensemble_members(args) if args.ensemble else ([], None)
+    members, manifest = ensemble_members(args)
     paths = members or [resolve_checkpoint(args.model, "--model")]
     paths += [resolve_checkpoint([p], "--compare") for p in args.compare or []]
     models = [load_model(p, device) for p in paths]

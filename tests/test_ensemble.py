@@ -252,21 +252,25 @@ def test_mismatched_members_are_one_user_error(
 
 
 @pytest.mark.parametrize(
-    "extra, needle",
+    "case, needle",
     [
-        (("--export_weights",), "--export_weights with --ensemble"),
-        (("--model_twice",), "named twice"),
-        (("--one",), "two or more member"),
+        ("export_weights", "--export_weights with --ensemble"),
+        ("twice", "named twice"),
+        ("one", "two or more member"),
+        ("manifest_without_flag", "add --ensemble"),
     ],
 )
-def test_bad_ensemble_predictions_are_user_errors(ensemble, demo_dir, tmp_path, extra, needle):
-    first = str(ensemble["checkpoints"][0])
-    models = {"--model_twice": [first, first], "--one": [first]}.get(extra[0])
-    argv = ["--model", *(models or [str(ensemble["run_dir"] / "ensemble.json")])]
-    if models is None:
-        argv += list(extra)
+def test_bad_ensemble_predictions_are_user_errors(ensemble, demo_dir, tmp_path, case, needle):
+    manifest, first = str(ensemble["run_dir"] / "ensemble.json"), str(ensemble["checkpoints"][0])
+    argv = {
+        "export_weights": ["--ensemble", "--model", manifest, "--export_weights"],
+        "twice": ["--ensemble", "--model", first, first],
+        "one": ["--ensemble", "--model", first],
+        "manifest_without_flag": ["--model", manifest],
+    }[case]
     with pytest.raises(UserError, match=needle):
-        predict.main(predict_argv(demo_dir, ensemble["work"], tmp_path, "--ensemble", *argv))
+        predict.main(predict_argv(demo_dir, ensemble["work"], tmp_path, *argv))
+    assert not (tmp_path / "predict").exists() or not any((tmp_path / "predict").iterdir())
 
 
 # --------------------------------------------------------------------------- fine-tuning
