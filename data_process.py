@@ -18,6 +18,7 @@ import argparse
 import datetime as dt
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -224,30 +225,20 @@ def _summary(data: hd.InputData, records: dict, rebuilt: set[str], target: str) 
 # --------------------------------------------------------------------------- main
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Check the data, write (or reuse) the model input data and its manifest.
+@dataclass
+class ProcessJob:
+    """What :func:`prepare` checked: the config, the source files and the basins to process."""
 
-    Returns
-    -------
-    Path
-        The model input data folder (the demo data folder with ``--make_demo``).
+    config: dict
+    data_dir: Path
+    source: hd.CamelsGBSource
+    basins: list[str]
 
-    Raises
-    ------
-    UserError
-        Any problem with the configuration or the data; nothing is half-written.
-    """
-    args = build_parser().parse_args(argv)
-    setup_logging()
-    config = load_config(args.config, stage="data_process", overrides=args.set)
-    if args.make_demo:
-        if args.demo or args.data_dir:
-            raise UserError("--make_demo only writes demo data; drop --demo/--data_dir")
-        return _make_demo(args)
+
+def prepare(args: argparse.Namespace, config: dict) -> ProcessJob:
+    """Find the data, check the basins and their static attributes; writes nothing."""
     if args.demo_dir:
         raise UserError("--demo_dir goes with --make_demo; use --demo to process the demo data")
-
-    columns = hd.input_columns(config)
     data_dir = hd.resolve_data_dir(args.data_dir, config, demo=args.demo)
     source = hd.find_source(data_dir)
     if source.synthetic:
@@ -262,22 +253,35 @@ def main(argv: Sequence[str] | None = None) -> Path:
     leaky = sorted(set(config["STATIC_ATTRIBUTES"]) & hd.DISCHARGE_SIGNATURES)
     if leaky:
         log.warning("static attributes %s derive from observed discharge", ", ".join(leaky))
+    return ProcessJob(config, data_dir, source, basins)
 
-    manifest_path = hd.input_dir_for(config, source.root) / MANIFEST
+
+def run(job: ProcessJob, workers: int, overwrite: bool):
+    """Write (or reuse) every basin's arrays, then check the periods against the data.
+
+    Returns ``(out, records, rebuilt, data)``. On bad data the manifest of an earlier run is
+    removed: arrays written before the failure are complete, but the manifest is only ever the
+    stamp of a finished run.
+    """
+    config = job.config
+    manifest_path = hd.input_dir_for(config, job.source.root) / MANIFEST
     rebuilt = None
     try:
         out, records, rebuilt = hd.prepare_input_data(
-            config, source, basins, workers=args.workers, overwrite=args.overwrite
+            config, job.source, job.basins, workers=workers, overwrite=overwrite
         )
-        data = hd.load_input_data(config, data_dir, basins)
+        data = hd.load_input_data(config, job.data_dir, job.basins)
         check_periods(config, data)
     except UserError:
-        # Arrays written before the failure are complete, but an older manifest would no
-        # longer describe them: the manifest is only ever the stamp of a finished run.
         if rebuilt is None or rebuilt:
             manifest_path.unlink(missing_ok=True)
         raise
+    return out, records, rebuilt, data
 
+
+def report(job: ProcessJob, out: Path, records: dict, rebuilt: list[str], data) -> None:
+    """Write ``attributes.csv`` and ``manifest.json`` (last: the stamp of a finished run)."""
+    config, source, basins = job.config, job.source, job.basins
     attributes = list(config["STATIC_ATTRIBUTES"])
     write_csv(out / ATTRIBUTES_CSV, _attribute_frame(data, basins, attributes))
     rebuilt_set = set(rebuilt)
@@ -286,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         "written": dt.datetime.now().isoformat(timespec="seconds"),
         "data_dir": str(source.root.resolve()),
         "synthetic": source.synthetic,
-        "columns": list(columns),
+        "columns": list(hd.input_columns(config)),
         "settings": {
             "DYNAMIC_INPUTS": list(config["DYNAMIC_INPUTS"]),
             "TARGET": config["TARGET"],
@@ -310,8 +314,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         "reused": [b for b in basins if b not in rebuilt_set],
         "rebuilt": [b for b in basins if b in rebuilt_set],
     }
-    write_json(manifest_path, manifest)
-
+    write_json(out / MANIFEST, manifest)
     _summary(data, records, rebuilt_set, config["TARGET"])
     log.info(
         f"{len(manifest['reused'])} basin(s) reused, {len(manifest['rebuilt'])} rebuilt; "
@@ -322,6 +325,31 @@ def main(argv: Sequence[str] | None = None) -> Path:
             "the data is SYNTHETIC (toolkit demo), not CAMELS-GB: results say nothing "
             "about real catchments"
         )
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Check the data, write (or reuse) the model input data and its manifest.
+
+    Returns
+    -------
+    Path
+        The model input data folder (the demo data folder with ``--make_demo``).
+
+    Raises
+    ------
+    UserError
+        Any problem with the configuration or the data; nothing is half-written.
+    """
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    config = load_config(args.config, stage="data_process", overrides=args.set)
+    if args.make_demo:
+        if args.demo or args.data_dir:
+            raise UserError("--make_demo only writes demo data; drop --demo/--data_dir")
+        return _make_demo(args)
+    job = prepare(args, config)
+    out, records, rebuilt, data = run(job, args.workers, args.overwrite)
+    report(job, out, records, rebuilt, data)
     return out
 
 

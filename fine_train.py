@@ -60,6 +60,7 @@ from utils import (
     config_summary,
     ensemble_prediction,
     ensure_writable,
+    eval_batch_size,
     explicit_keys,
     fit,
     is_ensemble_manifest,
@@ -593,7 +594,7 @@ def fine_tune(job: FineTuneJob, run_dir: Path) -> dict:
         log.warning("basin %s has no valid record in the test period: no test scores", basin)
 
     settings = TrainSettings.from_config(config, job.device)
-    eval_batch = max(1024, settings.batch_size)
+    eval_batch = eval_batch_size(settings.batch_size)
     zero = score(job, eval_batch, "zero_shot")
     # For one basin this is the score fit() early-stops on (the median NSE over basins).
     zero_val_nse = float(zero.loc[zero["period"] == "validation", "nse"].iloc[0])
@@ -750,7 +751,8 @@ def fine_tune_ensemble(args: argparse.Namespace) -> dict:
     try:
         setup_logging(run_dir / "fine_tune.log")
         log.info("fine-tuning the %d members of %s on basin %s", len(jobs), parent, first.basin)
-        eval_batch = max(1024, TrainSettings.from_config(first.config, first.device).batch_size)
+        settings = TrainSettings.from_config(first.config, first.device)
+        eval_batch = eval_batch_size(settings.batch_size)
         zero = score(first, eval_batch, "zero_shot", members=jobs)
         results = []
         for seed, job in zip(manifest["seeds"], jobs, strict=True):

@@ -982,6 +982,10 @@ class WindowData:
         """Dates of each sample's targets: ``[S, n_out]`` datetime64[D]."""
         return self.sample_dates()[:, None] + self._targets.cpu().numpy().astype("timedelta64[D]")
 
+    def targets(self):
+        """The scaled target of every sample and output, ``[S, n_out]`` (see ``y_mask``)."""
+        return self.y[self.sample_end[:, None] + self._targets]
+
     def to_dataset(self) -> CamelsGBDataset:
         """The same samples as a map-style torch Dataset (the streaming path)."""
         return CamelsGBDataset(self)

@@ -77,6 +77,7 @@ from utils import (
     csv_list,
     ensemble_prediction,
     ensure_writable,
+    eval_batch_size,
     is_ensemble_manifest,
     load_checkpoint,
     load_config,
@@ -87,6 +88,7 @@ from utils import (
     plot_channel_weights,
     predict_windows,
     progress,
+    pyplot,
     read_ensemble_manifest,
     resolve_device,
     run_cli,
@@ -94,6 +96,7 @@ from utils import (
     series_by_basin,
     setup_logging,
     show_config_defaults,
+    to_day,
     write_csv,
     write_json,
     write_yaml,
@@ -352,13 +355,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _day(flag: str, text: str) -> np.datetime64:
-    try:
-        return np.datetime64(dt.date.fromisoformat(text.strip()), "D")
-    except ValueError:
-        raise UserError(f"{flag} {text!r} is not a date; write it as YYYY-MM-DD") from None
-
-
 def resolve_period(args: argparse.Namespace, ckpt: dict) -> tuple[np.datetime64, np.datetime64]:
     """``--start``/``--end``, else the checkpoint's test period."""
     config = ckpt.get("config") or {}
@@ -369,7 +365,7 @@ def resolve_period(args: argparse.Namespace, ckpt: dict) -> tuple[np.datetime64,
     ):
         if given is None and key not in config:
             raise UserError(f"the checkpoint holds no {key}; pass {flag} YYYY-MM-DD")
-        values.append(_day(flag, given) if given is not None else _day(key, config[key]))
+        values.append(to_day(given, flag) if given is not None else to_day(config[key], key))
     start, end = values
     if end < start:
         said_end = "--end" if args.end is not None else "the checkpoint's test end"
@@ -641,15 +637,6 @@ def export_channel_weights(
 # --------------------------------------------------------------------------- plots
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _fmt(value: float, spec: str = ".3f") -> str:
     if not np.isfinite(value):
         return "n/a"
@@ -691,7 +678,7 @@ def plot_hydrograph(
     target: str,
 ) -> None:
     """Observed and simulated discharge, with daily precipitation as inverted bars above."""
-    plt = _pyplot()
+    plt = pyplot()
     b = basin_data
     dates = b.dates()
     inside = (dates >= start) & (dates <= end)
@@ -737,7 +724,7 @@ def plot_hydrograph(
 
 def plot_scatter(path: Path, s: dict, title: str, log_scale: bool) -> None:
     """Simulated against observed discharge with the 1:1 line."""
-    plt = _pyplot()
+    plt = pyplot()
     ok = np.isfinite(s["obs"]) & np.isfinite(s["sim"])
     if log_scale:
         ok &= (s["obs"] > 0) & (s["sim"] > 0)
@@ -765,7 +752,7 @@ def plot_scatter(path: Path, s: dict, title: str, log_scale: bool) -> None:
 
 def plot_residuals(path: Path, s: dict, title: str) -> None:
     """Residuals (simulated − observed) over time and their distribution."""
-    plt = _pyplot()
+    plt = pyplot()
     ok = np.isfinite(s["obs"]) & np.isfinite(s["sim"])
     res = s["sim"][ok] - s["obs"][ok]
     fig, (ax_t, ax_h) = plt.subplots(
@@ -796,7 +783,7 @@ def plot_residuals(path: Path, s: dict, title: str) -> None:
 
 def plot_fdc(path: Path, s: dict, title: str) -> None:
     """Flow-duration curves of observed and simulated discharge on the same scored days."""
-    plt = _pyplot()
+    plt = pyplot()
     ok = np.isfinite(s["obs"]) & np.isfinite(s["sim"])
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for values, label, colour in (
@@ -1083,7 +1070,7 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
         len(models),
         device,
     )
-    batch_size = max(1024, config["BATCH_SIZE"])
+    batch_size = eval_batch_size(config["BATCH_SIZE"])
     runs = [run_model(lm, data, basins, start, end, device, batch_size) for lm in models]
     if members:
         source = manifest or Path(os.path.commonpath([str(p.resolve()) for p in members]))

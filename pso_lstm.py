@@ -39,7 +39,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -68,6 +67,7 @@ from utils import (
     config_summary,
     csv_list,
     ensure_writable,
+    eval_batch_size,
     fit,
     iso_date,
     load_config,
@@ -79,6 +79,7 @@ from utils import (
     positive_int,
     predict_windows,
     progress,
+    pyplot,
     resolve_device,
     run_cli,
     save_checkpoint,
@@ -353,8 +354,14 @@ def _contained_pyswarms_logging():
     at stderr and writes ``report.log`` into the working folder (pyswarms issues #415, #462).
     Those calls are skipped while pyswarms is imported and the optimiser is built.
     """
-    with mock.patch("logging.config.dictConfig"):
+    import logging.config
+
+    saved = logging.config.dictConfig
+    logging.config.dictConfig = lambda *args, **kwargs: None
+    try:
         yield
+    finally:
+        logging.config.dictConfig = saved
 
 
 def run_swarm(
@@ -703,7 +710,7 @@ class BasinSetup:
 
 
 def _metrics_rows(setup: BasinSetup, model: PSOLSTM, windows: WindowData, name: str, start, end):
-    pred = predict_windows(model, windows, batch_size=max(1024, setup.settings.batch_size))
+    pred = predict_windows(model, windows, batch_size=eval_batch_size(setup.settings.batch_size))
     table = basin_metrics_table(windows, pred, setup.data, {setup.basin: name})
     table.insert(0, "period", name)
     table.insert(1, "start", str(start))
@@ -713,10 +720,7 @@ def _metrics_rows(setup: BasinSetup, model: PSOLSTM, windows: WindowData, name: 
 
 def plot_convergence(history: list[dict], path: Path, title: str) -> None:
     """Cost of every particle per iteration and the best cost so far."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     iters = np.array([row["iteration"] for row in history])
     costs = np.array([row["cost"] for row in history], dtype=float)
@@ -733,24 +737,231 @@ def plot_convergence(history: list[dict], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
-def plot_prediction(series: dict, path: Path, title: str) -> None:
-    """Observed and predicted discharge (mm/day) over time."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def plot_prediction(series: dict, b: BasinData, path: Path, title: str) -> None:
+    """Observed and predicted discharge over time, daily precipitation as inverted bars above,
+    mm/day on the left axis and m³/s on the right."""
     import matplotlib.dates as mdates
-    import matplotlib.pyplot as plt
 
-    dates = series["date"].astype("datetime64[D]").astype(object)
-    fig, ax = plt.subplots(figsize=(11, 4))
-    ax.plot(dates, series["obs"], color="black", lw=1.0, label="observed")
-    ax.plot(dates, series["sim"], color="tab:blue", lw=1.0, label="PSO-LSTM")
+    plt = pyplot()
+    dates = series["date"].astype("datetime64[D]")
+    fig, (ax_p, ax) = plt.subplots(
+        2, 1, sharex=True, figsize=(11, 5.5), gridspec_kw={"height_ratios": [1, 3], "hspace": 0.05}
+    )
+    if "precipitation" in b.columns:
+        rows = (dates - b.start).astype(int)
+        ax_p.bar(dates.astype(object), b.column("precipitation")[rows], width=1.0, linewidth=0)
+    ax_p.invert_yaxis()
+    ax_p.set_ylabel("precipitation\n(mm/day)")
+    # the simulation under the observations, so the observed line stays visible
+    ax.plot(dates.astype(object), series["sim"], color="tab:orange", lw=1.0, label="PSO-LSTM")
+    ax.plot(dates.astype(object), series["obs"], color="black", lw=0.8, label="observed")
     ax.set_xlabel("date")
     ax.set_ylabel("discharge (mm/day)")
+    if np.isfinite(b.area) and b.area > 0:
+        factor = b.area * 1000.0 / 86400.0
+        right = ax.secondary_yaxis("right", functions=(lambda q: q * factor, lambda q: q / factor))
+        right.set_ylabel("discharge (m³/s)")
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
-    ax.legend(loc="upper right", fontsize=8)
-    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=8)  # clear of the peaks
+    ax_p.set_title(title, fontsize=10)
     save_figure(fig, path)
+
+
+@dataclass
+class BasinJob:
+    """One basin's PSO-LSTM run, checked and set up (:func:`prepare_basin`)."""
+
+    basin: str
+    b: BasinData
+    config: dict
+    setup: BasinSetup
+    periods: dict[str, tuple[str, str]]
+
+
+def prepare_basin(basin: str, config: dict, data: InputData, device: torch.device) -> BasinJob:
+    """The basin's periods (with the validation fallback), scalers and training setup."""
+    b = data.basins[basin]
+    overrides, note = basin_periods(config, b)
+    config = {**config, **overrides}
+    if note:
+        log.warning(note)
+    config["TRAIN_BASINS"] = config["VAL_BASINS"] = config["TEST_BASINS"] = [basin]
+    spec = replace(FeatureSpec.from_config(config), use_forcings=config["PSO_INPUTS"] != "q")
+    scalers = Scalers.fit(data, spec, [basin], *period(config, "train"))
+    settings = TrainSettings.from_config(config, device)
+    setup = BasinSetup(basin, config, data, spec, scalers, device, settings)
+    periods = {
+        name: tuple(str(d) for d in period(config, name))
+        for name in ("train", "validation", "test")
+    }
+    return BasinJob(basin, b, config, setup, periods)
+
+
+def search_basin(job: BasinJob, space: SearchSpace, run_dir: Path) -> tuple[dict, dict]:
+    """The particle swarm over ``space`` (or the fixed setting); returns (best, search summary)."""
+    config, basin = job.config, job.basin
+    search: dict[str, Any] = {
+        "n_particles": 0,
+        "iters": 0,
+        "pso_epochs": 0,
+        "evaluations": 0,
+        "trained_settings": 0,
+        "seconds": 0.0,
+        "val_nse": float("nan"),
+        "cost": float("nan"),
+    }
+    if not space.dims:
+        log.info("no dimension searched (--no_pso or every dimension fixed)")
+        return space.decode([]), search
+    n_particles, iters = config["PSO_N_PARTICLES"], config["PSO_ITERS"]
+    log.info(
+        "PSO: %d particles x %d iterations, %d epoch(s) per setting, c1 %g c2 %g w %g",
+        n_particles,
+        iters,
+        config["PSO_EPOCHS"],
+        config["PSO_C1"],
+        config["PSO_C2"],
+        config["PSO_W"],
+    )
+    bar = progress(total=n_particles * iters, desc=f"PSO basin {basin}", unit="particle")
+    objective = SwarmObjective(
+        space,
+        job.setup.fitness,
+        on_iteration=lambda o: write_csv(run_dir / "pso_history.csv", pd.DataFrame(o.history)),
+        bar=bar,
+    )
+    t0 = time.perf_counter()
+    try:
+        best, best_cost = run_swarm(
+            space,
+            objective,
+            n_particles,
+            iters,
+            {"c1": config["PSO_C1"], "c2": config["PSO_C2"], "w": config["PSO_W"]},
+            config["SEED"],
+        )
+    finally:
+        bar.close()
+    row = objective.cache[space.key(best)]
+    search.update(
+        n_particles=n_particles,
+        iters=iters,
+        pso_epochs=config["PSO_EPOCHS"],
+        evaluations=len(objective.history),
+        trained_settings=objective.n_evaluated,
+        seconds=time.perf_counter() - t0,
+        val_nse=row["val_nse"],
+        cost=best_cost,
+    )
+    if not math.isfinite(best_cost):
+        raise RuntimeError(f"every setting tried for basin {basin} diverged")
+    plot_convergence(
+        objective.history,
+        run_dir / "pso_convergence.png",
+        f"PSO convergence, basin {basin} {job.b.name}",
+    )
+    log.info(
+        "PSO done in %.0f s: %d evaluations, %d settings trained; best validation NSE %.4f with %s",
+        search["seconds"],
+        search["evaluations"],
+        search["trained_settings"],
+        search["val_nse"],
+        " ".join(f"{k}={v:g}" for k, v in best.items()),
+    )
+    return best, search
+
+
+def plot_window(job: BasinJob, model: PSOLSTM, seq_len: int, window, run_dir: Path):
+    """Predict, score, save and draw the ``--plot_prediction`` window; returns its metrics row."""
+    setup, basin, b = job.setup, job.basin, job.b
+    spec = replace(setup.spec, seq_len=seq_len)
+    plot_windows = WindowData(
+        setup.data, spec, setup.scalers, [basin], *window, need_target=False, device=setup.device
+    )
+    table, pred = _metrics_rows(setup, model, plot_windows, "plot", *window)
+    series = series_by_basin(plot_windows, pred)[basin]
+    lead1 = series["lead"] == 1
+    series = {k: v[lead1] for k, v in series.items()}
+    write_csv(
+        run_dir / "prediction.csv",
+        pd.DataFrame(
+            {
+                "date": series["date"].astype(str),
+                "obs_mm_day": series["obs"],
+                "sim_mm_day": series["sim"],
+            }
+        ),
+    )
+    m = table.iloc[0]
+    train_lo, train_hi = period(job.config, "train")
+    seen = int(((series["date"] >= train_lo) & (series["date"] <= train_hi)).sum())
+    if seen:
+        log.warning(
+            "basin %s: %d of the %d plotted days lie in the training period %s..%s; their "
+            "scores are in-sample",
+            basin,
+            seen,
+            len(series["date"]),
+            train_lo,
+            train_hi,
+        )
+    plot_prediction(
+        series,
+        b,
+        run_dir / "prediction.png",
+        f"PSO-LSTM, basin {basin} {b.name}, {window[0]}..{window[1]}"
+        f"{f' (IN-SAMPLE: {seen} days in the training period)' if seen else ''}"
+        f"{' (lead 1 day)' if spec.pred_len > 1 else ''}\n"
+        f"NSE {m['nse']:.3f}  KGE {m['kge']:.3f}  RMSE {m['rmse']:.3f} mm/day  "
+        f"bias {m['bias_pct']:+.1f} %  persistence NSE {m['persistence_nse']:.3f}",
+    )
+    return table
+
+
+def report_basin(job: BasinJob, model, result, best: dict, search: dict, metrics, space, run_dir):
+    """Write metrics.csv and the checkpoint, and log the scores; returns the checkpoint path."""
+    basin, config = job.basin, job.config
+    if job.setup.data.synthetic:
+        metrics.insert(0, "data", "SYNTHETIC")
+    write_csv(run_dir / "metrics.csv", metrics)
+    records = {
+        row["period"]: {k: _plain(v) for k, v in row.items()} for row in metrics.to_dict("records")
+    }
+    checkpoint = run_dir / f"best_model_basin_{basin}.pth"
+    save_checkpoint(
+        checkpoint,
+        checkpoint_payload(
+            model,
+            config,
+            replace(job.setup.spec, seq_len=int(best["time_steps"])),
+            job.setup.scalers,
+            job.setup.data,
+            "pso_lstm",
+            result.best_epoch,
+            {**records, "best_val_nse": result.best_score},
+            extra={
+                "basin": basin,
+                "best_params": best,
+                "searched": list(space.names),
+                "search": search,
+                "history": result.history,
+            },
+        ),
+    )
+    for name, row in records.items():
+        log.info(
+            "%-10s basin %s  NSE %.3f  KGE %.3f  RMSE %.3f mm/day  bias %+.1f%%  "
+            "persistence NSE %.3f",
+            name,
+            basin,
+            row["nse"],
+            row["kge"],
+            row["rmse"],
+            row["bias_pct"],
+            row["persistence_nse"],
+        )
+    log.info("checkpoint %s", checkpoint)
+    return checkpoint
 
 
 def run_basin(
@@ -784,208 +995,58 @@ def run_basin(
         ``run_dir``, ``checkpoint``, ``best_params``, ``searched``, ``search`` (budget and best
         validation score), ``metrics`` (DataFrame: one row per period), ``model``, ``periods``.
     """
-    b = data.basins[basin]
-    overrides, note = basin_periods(config, b)
-    config = {**config, **overrides}
-    if note:
-        log.warning(note)
-    config["TRAIN_BASINS"] = config["VAL_BASINS"] = config["TEST_BASINS"] = [basin]
-    spec = replace(FeatureSpec.from_config(config), use_forcings=config["PSO_INPUTS"] != "q")
-    scalers = Scalers.fit(data, spec, [basin], *period(config, "train"))
-    settings = TrainSettings.from_config(config, device)
-    setup = BasinSetup(basin, config, data, spec, scalers, device, settings)
-    periods = {
-        name: tuple(str(d) for d in period(config, name))
-        for name in ("train", "validation", "test")
-    }
+    job = prepare_basin(basin, config, data, device)
     log.info(
         "basin %s (%s): inputs %s; training %s..%s, validation %s..%s, test %s..%s",
         basin,
-        b.name,
-        config["PSO_INPUTS"],
-        *periods["train"],
-        *periods["validation"],
-        *periods["test"],
+        job.b.name,
+        job.config["PSO_INPUTS"],
+        *job.periods["train"],
+        *job.periods["validation"],
+        *job.periods["test"],
     )
-    log.info("config: %s (every key: config.yaml)", config_summary(config))
+    log.info("config: %s (every key: config.yaml)", config_summary(job.config))
     log.info("PSO dimensions %s", space.describe())
-    write_yaml(run_dir / "config.yaml", config)
-
-    search: dict[str, Any] = {
-        "n_particles": 0,
-        "iters": 0,
-        "pso_epochs": 0,
-        "evaluations": 0,
-        "trained_settings": 0,
-        "seconds": 0.0,
-        "val_nse": float("nan"),
-        "cost": float("nan"),
-    }
-    if space.dims:
-        n_particles, iters = config["PSO_N_PARTICLES"], config["PSO_ITERS"]
-        log.info(
-            "PSO: %d particles x %d iterations, %d epoch(s) per setting, c1 %g c2 %g w %g",
-            n_particles,
-            iters,
-            config["PSO_EPOCHS"],
-            config["PSO_C1"],
-            config["PSO_C2"],
-            config["PSO_W"],
-        )
-        bar = progress(total=n_particles * iters, desc=f"PSO basin {basin}", unit="particle")
-        objective = SwarmObjective(
-            space,
-            setup.fitness,
-            on_iteration=lambda o: write_csv(run_dir / "pso_history.csv", pd.DataFrame(o.history)),
-            bar=bar,
-        )
-        t0 = time.perf_counter()
-        try:
-            best, best_cost = run_swarm(
-                space,
-                objective,
-                n_particles,
-                iters,
-                {"c1": config["PSO_C1"], "c2": config["PSO_C2"], "w": config["PSO_W"]},
-                config["SEED"],
-            )
-        finally:
-            bar.close()
-        row = objective.cache[space.key(best)]
-        search.update(
-            n_particles=n_particles,
-            iters=iters,
-            pso_epochs=config["PSO_EPOCHS"],
-            evaluations=len(objective.history),
-            trained_settings=objective.n_evaluated,
-            seconds=time.perf_counter() - t0,
-            val_nse=row["val_nse"],
-            cost=best_cost,
-        )
-        if not math.isfinite(best_cost):
-            raise RuntimeError(f"every setting tried for basin {basin} diverged")
-        plot_convergence(
-            objective.history,
-            run_dir / "pso_convergence.png",
-            f"PSO convergence, basin {basin} {b.name}",
-        )
-        log.info(
-            "PSO done in %.0f s: %d evaluations, %d settings trained; best validation NSE %.4f "
-            "with %s",
-            search["seconds"],
-            search["evaluations"],
-            search["trained_settings"],
-            search["val_nse"],
-            " ".join(f"{k}={v:g}" for k, v in best.items()),
-        )
-    else:
-        best = space.decode([])
-        log.info("no dimension searched (--no_pso or every dimension fixed)")
+    write_yaml(run_dir / "config.yaml", job.config)
+    best, search = search_basin(job, space, run_dir)
     write_json(
         run_dir / "best_params.json",
         {
             "basin": basin,
-            "gauge_name": b.name,
+            "gauge_name": job.b.name,
             "params": best,
             "searched": list(space.names),
             "fixed": space.fixed,
             "bounds": {d.name: [d.lo, d.hi] for d in space.dims},
-            "inputs": config["PSO_INPUTS"],
+            "inputs": job.config["PSO_INPUTS"],
             "search": search,
-            "options": {"c1": config["PSO_C1"], "c2": config["PSO_C2"], "w": config["PSO_W"]},
-            "seed": config["SEED"],
-            "periods": periods,
+            "options": {k: job.config[f"PSO_{k.upper()}"] for k in ("c1", "c2", "w")},
+            "seed": job.config["SEED"],
+            "periods": job.periods,
         },
     )
-
     # Final model: the best setting, early stopping on validation; the test period scored once.
-    config = apply_params(config, best)
+    job.config = apply_params(job.config, best)
     log.info(
-        "final training: %d epochs at most, patience %d", config["N_EPOCHS"], config["PATIENCE"]
+        "final training: %d epochs at most, patience %d",
+        job.config["N_EPOCHS"],
+        job.config["PATIENCE"],
     )
-    model, result = setup.train(best, config["N_EPOCHS"])
+    model, result = job.setup.train(best, job.config["N_EPOCHS"])
     write_csv(run_dir / "history.csv", pd.DataFrame(result.history))
     plot_training_curve(
-        result.history, run_dir / "training_curve.png", f"PSO-LSTM basin {basin} {b.name}"
+        result.history, run_dir / "training_curve.png", f"PSO-LSTM basin {basin} {job.b.name}"
     )
     seq_len = int(best["time_steps"])
-    tables = []
-    for name in ("validation", "test"):
-        table, _ = _metrics_rows(
-            setup, model, setup.windows(seq_len, name), name, *period(config, name)
-        )
-        tables.append(table)
+    tables = [
+        _metrics_rows(job.setup, model, job.setup.windows(seq_len, name), name,
+                      *period(job.config, name))[0]
+        for name in ("validation", "test")
+    ]  # fmt: skip
     if window is not None:
-        spec = replace(spec, seq_len=seq_len)
-        plot_windows = WindowData(
-            data, spec, scalers, [basin], *window, need_target=False, device=device
-        )
-        table, pred = _metrics_rows(setup, model, plot_windows, "plot", *window)
-        tables.append(table)
-        series = series_by_basin(plot_windows, pred)[basin]
-        lead1 = series["lead"] == 1
-        series = {k: v[lead1] for k, v in series.items()}
-        write_csv(
-            run_dir / "prediction.csv",
-            pd.DataFrame(
-                {
-                    "date": series["date"].astype(str),
-                    "obs_mm_day": series["obs"],
-                    "sim_mm_day": series["sim"],
-                }
-            ),
-        )
-        m = table.iloc[0]
-        plot_prediction(
-            series,
-            run_dir / "prediction.png",
-            f"PSO-LSTM, basin {basin} {b.name}, {window[0]}..{window[1]}"
-            f"{' (lead 1 day)' if spec.pred_len > 1 else ''}\n"
-            f"NSE {m['nse']:.3f}  KGE {m['kge']:.3f}  RMSE {m['rmse']:.3f} mm/day  "
-            f"bias {m['bias_pct']:+.1f} %  persistence NSE {m['persistence_nse']:.3f}",
-        )
+        tables.append(plot_window(job, model, seq_len, window, run_dir))
     metrics = pd.concat(tables, ignore_index=True)
-    if data.synthetic:
-        metrics.insert(0, "data", "SYNTHETIC")
-    write_csv(run_dir / "metrics.csv", metrics)
-
-    records = {
-        row["period"]: {k: _plain(v) for k, v in row.items()} for row in metrics.to_dict("records")
-    }
-    checkpoint = run_dir / f"best_model_basin_{basin}.pth"
-    save_checkpoint(
-        checkpoint,
-        checkpoint_payload(
-            model,
-            config,
-            replace(spec, seq_len=seq_len),
-            scalers,
-            data,
-            "pso_lstm",
-            result.best_epoch,
-            {**records, "best_val_nse": result.best_score},
-            extra={
-                "basin": basin,
-                "best_params": best,
-                "searched": list(space.names),
-                "search": search,
-                "history": result.history,
-            },
-        ),
-    )
-    for name, row in records.items():
-        log.info(
-            "%-10s basin %s  NSE %.3f  KGE %.3f  RMSE %.3f mm/day  bias %+.1f%%  "
-            "persistence NSE %.3f",
-            name,
-            basin,
-            row["nse"],
-            row["kge"],
-            row["rmse"],
-            row["bias_pct"],
-            row["persistence_nse"],
-        )
-    log.info("checkpoint %s", checkpoint)
+    checkpoint = report_basin(job, model, result, best, search, metrics, space, run_dir)
     return {
         "run_dir": run_dir,
         "checkpoint": checkpoint,
@@ -994,7 +1055,7 @@ def run_basin(
         "search": search,
         "metrics": metrics,
         "model": model,
-        "periods": periods,
+        "periods": job.periods,
     }
 
 
@@ -1222,7 +1283,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
             check_plot_window(config, data.basins[basin], *window)
     if data.synthetic:
         log.warning("running on SYNTHETIC demo data: scores say nothing about real catchments")
-    log.info("PSO dimensions %s", space.describe())
 
     summary = _reserve_summary(root)
     results, rows = {}, []

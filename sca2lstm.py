@@ -57,6 +57,7 @@ from utils import (
     distributed_rank,
     ensemble_prediction,
     ensure_writable,
+    eval_batch_size,
     explicit_keys,
     fit,
     init_distributed,
@@ -693,7 +694,7 @@ def pretrain(
         device=device,
         stride=spec.eval_stride,
     )
-    pred = predict_windows(model, test, batch_size=max(1024, settings.batch_size))
+    pred = predict_windows(model, test, batch_size=eval_batch_size(settings.batch_size))
     metrics = basin_metrics_table(test, pred, data, group_of)
     # Validation basins are often training basins too: their test-period days are unseen, but
     # the basin is not. Say which is which, in the table and in the log.
@@ -701,7 +702,7 @@ def pretrain(
     if data.synthetic:
         metrics.insert(0, "data", "SYNTHETIC")
     write_csv(run_dir / "metrics_test_period.csv", metrics)
-    weights = channel_weight_table(model, test, data, max(1024, settings.batch_size))
+    weights = channel_weight_table(model, test, data, eval_batch_size(settings.batch_size))
     write_csv(run_dir / "channel_weights.csv", weights)
     plot_channel_weights(
         weights, run_dir / "channel_weights.png", f"SCA2LSTM mean channel weights, test period{tag}"
@@ -889,7 +890,7 @@ def score_ensemble(
             device=device,
             stride=spec.eval_stride,
         )
-        preds.append(predict_windows(model, w, batch_size=max(1024, config["BATCH_SIZE"])))
+        preds.append(predict_windows(model, w, batch_size=eval_batch_size(config["BATCH_SIZE"])))
         scalers.append(member_scalers)
         windows = windows or w
     mean = ensemble_prediction(preds, scalers, scalers[0])["mean"]

@@ -356,11 +356,18 @@ def apply_model_size(config: dict[str, Any]) -> None:
     config.update(config["MODEL_SIZES"][name])
 
 
-def _iso_date(key: str, value: str) -> dt.date:
+def to_day(value: str, what: str) -> np.datetime64:
+    """A YYYY-MM-DD date as datetime64[D]; ``what`` names the key or flag in the error.
+
+    Raises
+    ------
+    UserError
+        Not a date of the calendar (``1970-11-31`` included).
+    """
     try:
-        return dt.date.fromisoformat(value)
+        return np.datetime64(dt.date.fromisoformat(str(value).strip()), "D")
     except ValueError:
-        raise UserError(f"{key}={value!r} is not a date; write it as YYYY-MM-DD") from None
+        raise UserError(f"{what} {value!r} is not a date; write it as YYYY-MM-DD") from None
 
 
 def validate_config(config: dict[str, Any]) -> None:
@@ -436,7 +443,7 @@ def validate_config(config: dict[str, Any]) -> None:
             "PREDICT_LAST_N applies to simulate mode only; set it to 1 in forecast mode"
         )
     for name, (k_start, k_end) in PERIODS.items():
-        start, end = _iso_date(k_start, config[k_start]), _iso_date(k_end, config[k_end])
+        start, end = to_day(config[k_start], f"{k_start}="), to_day(config[k_end], f"{k_end}=")
         if end < start:
             raise UserError(f"the {name} period ends ({end}) before it starts ({start})")
     for key in BASIN_KEYS:
@@ -546,8 +553,8 @@ def csv_list(text: str) -> list[str]:
 def iso_date(text: str) -> np.datetime64:
     """argparse type for a YYYY-MM-DD date, as datetime64[D]."""
     try:
-        return np.datetime64(dt.date.fromisoformat(text.strip()), "D")
-    except ValueError:
+        return to_day(text, "")
+    except UserError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date; write YYYY-MM-DD") from None
 
 
@@ -580,7 +587,21 @@ def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> lo
         handler = logging.FileHandler(log_file, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
+    else:
+        _SAID.clear()  # a new run (a stage's main) hears each note once more
     return logger
+
+
+_SAID: set[str] = set()
+
+
+def log_once(message: str, *args: Any) -> None:
+    """``log.info`` a note once per run (from one ``setup_logging()`` to the next), however often
+    it is asked for."""
+    text = message % args if args else message
+    if text not in _SAID:
+        _SAID.add(text)
+        log.info(text)
 
 
 def close_log_files() -> None:
@@ -762,7 +783,11 @@ def plot_channel_weights(table, path: Path, title: str) -> None:
     plt = pyplot()
     values = table.drop(columns=["basin", "gauge_name"]).to_numpy(dtype=float)
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * values.shape[1], 1.0 + 0.45 * len(table)))
-    image = ax.imshow(values, cmap="viridis", aspect="auto")
+    # A diverging scale centred on 1 (uniform use), as wide as the largest departure: a 1 %
+    # difference then looks like one, not like the whole colour range.
+    spread = float(np.nanmax(np.abs(values - 1.0))) if np.isfinite(values).any() else 0.0
+    spread = max(spread, 1e-3)
+    image = ax.imshow(values, cmap="RdBu_r", vmin=1.0 - spread, vmax=1.0 + spread, aspect="auto")
     ax.set_xticks(range(values.shape[1]), table.columns[2:], rotation=45, ha="right")
     ax.set_yticks(
         range(len(table)),
@@ -1764,7 +1789,7 @@ class TrainSettings:
         if not cuda:
             for key in ("USE_COMPILE", "MIXED_PRECISION"):
                 if config[key]:
-                    log.info(
+                    log_once(
                         "%s is on but applies to CUDA devices only; training on %s without it",
                         key,
                         device,
@@ -1876,7 +1901,15 @@ def _autocast(device, enabled: bool):
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
-def predict_windows(model, windows, batch_size: int = 1024, return_weights: bool = False):
+EVAL_BATCH = 1024  # windows per forward pass when only predicting: no gradients to keep
+
+
+def eval_batch_size(batch_size: int) -> int:
+    """Batch for prediction and scoring: the training batch, but at least EVAL_BATCH windows."""
+    return max(EVAL_BATCH, int(batch_size))
+
+
+def predict_windows(model, windows, batch_size: int = EVAL_BATCH, return_weights: bool = False):
     """Run ``model`` over every sample of ``windows`` in order.
 
     Returns
@@ -1916,7 +1949,7 @@ def series_by_basin(windows, pred_scaled: np.ndarray) -> dict[str, dict[str, np.
         basin -> {"date": [n], "lead": [n], "obs": [n], "sim": [n]} with NaN obs where unobserved.
     """
     dates = windows.target_dates()  # [S, n_out]
-    y = windows.y[windows.sample_end[:, None] + windows._targets].cpu().numpy()
+    y = windows.targets().cpu().numpy()
     mask = windows.y_mask.cpu().numpy()
     obs = np.where(mask, windows.scalers.unscale_target(y.astype(np.float64)), np.nan)
     sim = windows.scalers.unscale_target(pred_scaled.astype(np.float64))
@@ -1958,6 +1991,268 @@ class FitResult:
     stopped_early: bool = False
 
 
+@dataclass
+class _Training:
+    """Everything one :func:`fit` call builds and updates, epoch after epoch."""
+
+    model: Any
+    step_model: Any  # the model as stepped: DDP- and/or compile-wrapped
+    eval_model: Any  # the model as validated and kept: the moving average with EMA_DECAY
+    ema: Any
+    params: list
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    generator: Any
+    loader: Any
+    basin_std: Any
+    per_epoch: int
+    n_batches: int
+    rank: int
+    world: int
+    history: list[dict]
+    best_state: dict
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    first_epoch: int = 1
+
+    def state(self, epoch: int) -> dict:
+        """What a checkpoint keeps to resume after ``epoch``."""
+        return {
+            "epoch": epoch,
+            "model_state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "best_state": self.best_state,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+            "ema_state_dict": self.ema.state_dict() if self.ema is not None else None,
+        }
+
+    def restore(self, resume: dict) -> None:
+        """Continue from a :meth:`state` of an earlier call."""
+        self.model.load_state_dict(resume["model_state_dict"])
+        self.optimizer.load_state_dict(resume["optimizer"])
+        self.scheduler.load_state_dict(resume["scheduler"])
+        self.generator.set_state(resume["generator"])
+        self.best_state, self.best_score = resume["best_state"], resume["best_score"]
+        self.best_epoch, self.bad_epochs = resume["best_epoch"], resume["bad_epochs"]
+        if self.ema is not None and resume.get("ema_state_dict") is not None:
+            self.ema.load_state_dict(resume["ema_state_dict"])
+        self.history, self.first_epoch = list(resume["history"]), resume["epoch"] + 1
+        log.info(
+            "resuming after epoch %d (best validation NSE %.4f at epoch %d)",
+            resume["epoch"],
+            self.best_score,
+            self.best_epoch,
+        )
+
+
+def _trainable(model, settings: TrainSettings) -> list:
+    """Set gradient checkpointing where the model has it; the parameters that train."""
+    if hasattr(model, "gradient_checkpointing"):
+        model.gradient_checkpointing = settings.gradient_checkpointing
+    elif settings.gradient_checkpointing:
+        log.info(
+            "GRADIENT_CHECKPOINTING applies to SCA2LSTM; %s trains without it",
+            type(model).__name__,
+        )
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UserError("every layer is frozen, so there is nothing to train; unfreeze a group")
+    return params
+
+
+def _scheduler(optimizer, settings: TrainSettings, n_batches: int):
+    """Linear warm-up, then cosine decay to 10 % of the learning rate, per optimiser step."""
+    import torch
+
+    total_steps = max(1, settings.epochs * math.ceil(n_batches / settings.accumulation))
+
+    def lr_factor(step: int) -> float:
+        if step < settings.warmup_steps:
+            return (step + 1) / settings.warmup_steps
+        progress_ = (step - settings.warmup_steps) / max(1, total_steps - settings.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
+def _stream_loader(train, settings: TrainSettings, per_epoch: int, generator, rank, world):
+    """The DataLoader of ``DATA_PATH: stream`` (None for the resident path)."""
+    if settings.data_path != "stream":
+        return None
+    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+    workers = settings.num_workers
+    dataset = train.to_dataset()
+    if world > 1:
+        sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=settings.seed)
+    else:
+        sampler = RandomSampler(dataset, num_samples=per_epoch, generator=generator)
+    return DataLoader(
+        dataset,
+        batch_size=settings.batch_size // world,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=settings.pin_memory,
+        prefetch_factor=settings.prefetch_factor if workers > 0 else None,
+        persistent_workers=settings.persistent_workers and workers > 0,
+    )
+
+
+def _prepare_training(model, train, settings: TrainSettings, device) -> _Training:
+    """Optimiser, schedule, wrappers, averaging and batches of one :func:`fit` call."""
+    import copy
+
+    import torch
+
+    model.to(device)
+    params = _trainable(model, settings)
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    per_epoch = len(train)
+    if settings.samples_per_epoch and settings.samples_per_epoch < per_epoch:
+        per_epoch = settings.samples_per_epoch
+    n_batches = math.ceil(per_epoch / settings.batch_size)
+    use_scaler = settings.mixed_precision and not torch.cuda.is_bf16_supported()
+    rank, world = distributed_rank()
+    step_model = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if settings.batch_size < world:
+            raise UserError(f"BATCH_SIZE {settings.batch_size} is smaller than {world} processes")
+        ids = [device.index] if device.type == "cuda" else None
+        step_model = DistributedDataParallel(model, device_ids=ids)
+    if settings.compile:
+        step_model = torch.compile(step_model, backend=settings.backend)
+    ema = None
+    if settings.ema_decay:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay))
+    generator = torch.Generator().manual_seed(settings.seed)
+    return _Training(
+        model=model,
+        step_model=step_model,
+        eval_model=ema.module if ema is not None else model,
+        ema=ema,
+        params=params,
+        optimizer=optimizer,
+        scheduler=_scheduler(optimizer, settings, n_batches),
+        scaler=torch.amp.GradScaler("cuda", enabled=use_scaler),
+        generator=generator,
+        loader=_stream_loader(train, settings, per_epoch, generator, rank, world),
+        basin_std=train.basin_target_std(),
+        per_epoch=per_epoch,
+        n_batches=n_batches,
+        rank=rank,
+        world=world,
+        history=[],
+        best_state=copy.deepcopy(model.state_dict()),
+    )
+
+
+def _train_epoch(t: _Training, train, settings: TrainSettings, device, epoch: int) -> dict:
+    """One pass over the epoch's batches; the epoch's record, validation not yet filled in."""
+    import time
+
+    import torch
+
+    _set_train_mode(t.step_model if t.step_model is t.model else t.model)
+    t0 = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if t.loader is not None and t.world > 1:
+        t.loader.sampler.set_epoch(epoch)
+    batches = (
+        t.loader
+        if t.loader is not None
+        else train.iter_batches(
+            settings.batch_size,
+            shuffle=True,
+            generator=t.generator,
+            limit=t.per_epoch,
+            shard=(t.rank, t.world),
+        )
+    )
+    # The loss sum stays on the device: no host synchronisation per batch on a GPU (a CPU
+    # checks every batch for free and stops at the first non-finite loss).
+    loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
+    t.optimizer.zero_grad(set_to_none=True)
+    for i, batch in enumerate(batches, start=1):
+        if t.loader is not None:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with _autocast(device, settings.mixed_precision):
+            pred = t.step_model(batch["x"], batch["static"], n_last=batch["y"].shape[1])
+            loss = nse_star_loss(pred, batch["y"], batch["y_mask"], t.basin_std[batch["basin"]])
+        if device.type != "cuda" and not torch.isfinite(loss):
+            raise RuntimeError(f"the training loss became {loss.item()} in epoch {epoch}")
+        t.scaler.scale(loss / settings.accumulation).backward()
+        if i % settings.accumulation == 0 or i == t.n_batches:
+            optimizer_step(t.optimizer, t.scaler, t.params, settings.grad_clip)
+            t.scheduler.step()
+            if t.ema is not None:
+                t.ema.update_parameters(t.model)
+        n = batch["x"].shape[0]
+        loss_sum += loss.detach().double() * n
+        seen += n
+    total_loss = float(loss_sum)  # one synchronisation per epoch
+    if not math.isfinite(total_loss):
+        raise RuntimeError(f"the training loss became {total_loss} in epoch {epoch}")
+    if t.world > 1:
+        # Every rank saw its own share of each global batch: report the global mean loss.
+        totals = torch.tensor([total_loss, float(seen)], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(totals)
+        total_loss, seen = float(totals[0]), int(totals[1])
+    seconds = time.perf_counter() - t0
+    record = {
+        "epoch": epoch,
+        "train_loss": total_loss / max(1, seen),
+        "val_loss": float("nan"),
+        "val_nse": float("nan"),
+        "lr": t.optimizer.param_groups[0]["lr"],
+        "seconds": seconds,
+        "samples_per_s": seen / seconds if seconds > 0 else float("nan"),
+    }
+    if device.type == "cuda":
+        record["gpu_mem_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        record["gpu_mem_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+    return record
+
+
+def evaluate(model, val, batch_size: int) -> tuple[float, float]:
+    """Validation loss (NSE*, scaled units) and median NSE of ``model`` over ``val``."""
+    import torch
+
+    pred = predict_windows(model, val, batch_size=eval_batch_size(batch_size))
+    pred_t = torch.from_numpy(pred).to(val.device)
+    basin_std = val.basin_target_std()[val.sample_basin]
+    with torch.no_grad():
+        loss = nse_star_loss(pred_t, val.targets(), val.y_mask, basin_std)
+    return float(loss), median_nse(val, pred)
+
+
+def _log_epoch(record: dict, epochs: int, is_best: bool) -> None:
+    log.info(
+        "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_NSE %.4f  lr %.2e  %.1f s  "
+        "%.0f samples/s%s",
+        record["epoch"],
+        epochs,
+        record["train_loss"],
+        record["val_loss"],
+        record["val_nse"],
+        record["lr"],
+        record["seconds"],
+        record["samples_per_s"],
+        "  *best*" if is_best else "",
+    )
+
+
 def fit(
     model, train, val, settings: TrainSettings, device, on_epoch=None, resume: dict | None = None
 ):
@@ -1989,212 +2284,36 @@ def fit(
     FitResult
     """
     import copy
-    import time
 
-    import torch
-
-    model.to(device)
-    if hasattr(model, "gradient_checkpointing"):
-        model.gradient_checkpointing = settings.gradient_checkpointing
-    elif settings.gradient_checkpointing:
-        log.info(
-            "GRADIENT_CHECKPOINTING applies to SCA2LSTM; %s trains without it",
-            type(model).__name__,
-        )
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise UserError("every layer is frozen, so there is nothing to train; unfreeze a group")
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    per_epoch = len(train)
-    if settings.samples_per_epoch and settings.samples_per_epoch < per_epoch:
-        per_epoch = settings.samples_per_epoch
-    n_batches = math.ceil(per_epoch / settings.batch_size)
-    total_steps = max(1, settings.epochs * math.ceil(n_batches / settings.accumulation))
-
-    def lr_factor(step: int) -> float:
-        if step < settings.warmup_steps:
-            return (step + 1) / settings.warmup_steps
-        progress_ = (step - settings.warmup_steps) / max(1, total_steps - settings.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    use_scaler = settings.mixed_precision and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    rank, world = distributed_rank()
-    step_model = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        if settings.batch_size < world:
-            raise UserError(f"BATCH_SIZE {settings.batch_size} is smaller than {world} processes")
-        ids = [device.index] if device.type == "cuda" else None
-        step_model = DistributedDataParallel(model, device_ids=ids)
-    if settings.compile:
-        step_model = torch.compile(step_model, backend=settings.backend)
-    ema = None
-    if settings.ema_decay:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay))
-    eval_model = ema.module if ema is not None else model
-    generator = torch.Generator().manual_seed(settings.seed)
-    basin_std = train.basin_target_std()
-    history: list[dict] = []
-    best_state = copy.deepcopy(model.state_dict())
-    best_score, best_epoch, bad_epochs, first_epoch = -math.inf, 0, 0, 1
+    t = _prepare_training(model, train, settings, device)
     if resume:
-        model.load_state_dict(resume["model_state_dict"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        generator.set_state(resume["generator"])
-        best_state, best_score = resume["best_state"], resume["best_score"]
-        best_epoch, bad_epochs = resume["best_epoch"], resume["bad_epochs"]
-        if ema is not None and resume.get("ema_state_dict") is not None:
-            ema.load_state_dict(resume["ema_state_dict"])
-        history, first_epoch = list(resume["history"]), resume["epoch"] + 1
-        log.info(
-            "resuming after epoch %d (best validation NSE %.4f at epoch %d)",
-            resume["epoch"],
-            best_score,
-            best_epoch,
-        )
-
-    loader = None
-    if settings.data_path == "stream":
-        from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
-
-        workers = settings.num_workers
-        dataset = train.to_dataset()
-        if world > 1:
-            sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=settings.seed)
-        else:
-            sampler = RandomSampler(dataset, num_samples=per_epoch, generator=generator)
-        loader = DataLoader(
-            dataset,
-            batch_size=settings.batch_size // world,
-            sampler=sampler,
-            num_workers=workers,
-            pin_memory=settings.pin_memory,
-            prefetch_factor=settings.prefetch_factor if workers > 0 else None,
-            persistent_workers=settings.persistent_workers and workers > 0,
-        )
-
+        t.restore(resume)
     stopped_early = False
-    bar = progress(range(first_epoch, settings.epochs + 1), desc="epochs", unit="epoch")
+    bar = progress(range(t.first_epoch, settings.epochs + 1), desc="epochs", unit="epoch")
     for epoch in bar:
-        _set_train_mode(step_model if step_model is model else model)
-        t0 = time.perf_counter()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        if loader is not None and world > 1:
-            loader.sampler.set_epoch(epoch)
-        batches = (
-            loader
-            if loader is not None
-            else train.iter_batches(
-                settings.batch_size,
-                shuffle=True,
-                generator=generator,
-                limit=per_epoch,
-                shard=(rank, world),
-            )
-        )
-        # The loss sum stays on the device: no host synchronisation per batch on a GPU (a CPU
-        # checks every batch for free and stops at the first non-finite loss).
-        loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
-        optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(batches, start=1):
-            if loader is not None:
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with _autocast(device, settings.mixed_precision):
-                pred = step_model(batch["x"], batch["static"], n_last=batch["y"].shape[1])
-                loss = nse_star_loss(pred, batch["y"], batch["y_mask"], basin_std[batch["basin"]])
-            if device.type != "cuda" and not torch.isfinite(loss):
-                raise RuntimeError(f"the training loss became {loss.item()} in epoch {epoch}")
-            scaler.scale(loss / settings.accumulation).backward()
-            if i % settings.accumulation == 0 or i == n_batches:
-                optimizer_step(optimizer, scaler, params, settings.grad_clip)
-                scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-            n = batch["x"].shape[0]
-            loss_sum += loss.detach().double() * n
-            seen += n
-        total_loss = float(loss_sum)  # one synchronisation per epoch
-        if not math.isfinite(total_loss):
-            raise RuntimeError(f"the training loss became {total_loss} in epoch {epoch}")
-        if world > 1:
-            # Every rank saw its own share of each global batch: report the global mean loss.
-            totals = torch.tensor([total_loss, float(seen)], dtype=torch.float64, device=device)
-            torch.distributed.all_reduce(totals)
-            total_loss, seen = float(totals[0]), int(totals[1])
-        seconds = time.perf_counter() - t0
-        record = {
-            "epoch": epoch,
-            "train_loss": total_loss / max(1, seen),
-            "val_loss": float("nan"),
-            "val_nse": float("nan"),
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": seconds,
-            "samples_per_s": seen / seconds if seconds > 0 else float("nan"),
-        }
-        if device.type == "cuda":
-            record["gpu_mem_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-            record["gpu_mem_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+        record = _train_epoch(t, train, settings, device, epoch)
         if val is not None:
-            pred = predict_windows(eval_model, val, batch_size=max(1024, settings.batch_size))
-            pred_t = torch.from_numpy(pred).to(val.device)
-            y = val.y[val.sample_end[:, None] + val._targets]
-            with torch.no_grad():
-                record["val_loss"] = float(
-                    nse_star_loss(pred_t, y, val.y_mask, val.basin_target_std()[val.sample_basin])
-                )
-            record["val_nse"] = median_nse(val, pred)
+            record["val_loss"], record["val_nse"] = evaluate(t.eval_model, val, settings.batch_size)
             score = record["val_nse"] if math.isfinite(record["val_nse"]) else -math.inf
         else:
             score = -record["train_loss"]
-        is_best = score > best_score
+        is_best = score > t.best_score
         if is_best:
-            best_score, best_epoch, bad_epochs = score, epoch, 0
-            best_state = copy.deepcopy(eval_model.state_dict())
+            t.best_score, t.best_epoch, t.bad_epochs = score, epoch, 0
+            t.best_state = copy.deepcopy(t.eval_model.state_dict())
         else:
-            bad_epochs += 1
-        history.append(record)
-        log.info(
-            "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_NSE %.4f  lr %.2e  %.1f s  "
-            "%.0f samples/s%s",
-            epoch,
-            settings.epochs,
-            record["train_loss"],
-            record["val_loss"],
-            record["val_nse"],
-            record["lr"],
-            seconds,
-            record["samples_per_s"],
-            "  *best*" if is_best else "",
-        )
+            t.bad_epochs += 1
+        t.history.append(record)
+        _log_epoch(record, settings.epochs, is_best)
         bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_nse=f"{record['val_nse']:.3f}")
-        state = {
-            "epoch": epoch,
-            "model_state_dict": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "generator": generator.get_state(),
-            "best_state": best_state,
-            "best_score": best_score,
-            "best_epoch": best_epoch,
-            "bad_epochs": bad_epochs,
-            "history": history,
-            "ema_state_dict": ema.state_dict() if ema is not None else None,
-        }
-        if on_epoch is not None and rank == 0:
-            on_epoch(record, eval_model, is_best, state)
-        if val is not None and settings.patience and bad_epochs >= settings.patience:
-            log.info("early stopping: no better validation NSE for %d epochs", bad_epochs)
+        if on_epoch is not None and t.rank == 0:
+            on_epoch(record, t.eval_model, is_best, t.state(epoch))
+        if val is not None and settings.patience and t.bad_epochs >= settings.patience:
+            log.info("early stopping: no better validation NSE for %d epochs", t.bad_epochs)
             stopped_early = True
             break
     bar.close()
-    model.load_state_dict(best_state)
-    if not history:
+    model.load_state_dict(t.best_state)
+    if not t.history:
         raise UserError("no epoch left to train: the run had already finished (raise --epochs)")
-    return FitResult(best_state, best_epoch, best_score, history, stopped_early)
+    return FitResult(t.best_state, t.best_epoch, t.best_score, t.history, stopped_early)

@@ -30,7 +30,10 @@ def camels_gb_dir() -> Path:
     """The real CAMELS-GB sample folder (official layout)."""
     value = os.environ.get("CAMELS_GB_DIR")
     if not value:
-        pytest.skip("CAMELS_GB_DIR is not set; real-data tests need the CAMELS-GB sample")
+        pytest.skip(
+            "CAMELS_GB_DIR is not set: these tests need the 12-catchment CAMELS-GB sample (CI sets "
+            "it); tests/test_real_fixture.py covers the real-data path on the bundled fixture"
+        )
     path = Path(value).expanduser().resolve()  # tests symlink to it from other folders
     if not path.is_dir():
         pytest.fail(f"CAMELS_GB_DIR={value} is set but is not a readable folder")

@@ -165,3 +165,26 @@ def test_help_shows_the_run_config_default_not_none(script, flag, shown):
     options = text[text.index("options:") :]  # past the usage lines
     entry = options[options.index(f"{flag} ") :][:200]
     assert shown in entry, entry
+
+
+@pytest.mark.slow
+def test_parallel_finetune_benchmark_runs_both_schedules(demo_dir, tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import parallel_finetune
+
+    out = tmp_path / "parallel.csv"
+    table = parallel_finetune.main(
+        [
+            "--data_dir", str(demo_dir), "--basins", "22001,22006", "--threads", "1",
+            "--epochs", "1",
+            "--work_dir", str(tmp_path / "work"), "--output", str(out),
+        ]
+    )  # fmt: skip
+    row = table.iloc[0]
+    assert row["sequential_s"] > 0 and row["parallel_s"] > 0
+    assert row["parallel_over_sequential"] == pytest.approx(
+        row["parallel_s"] / row["sequential_s"], rel=1e-2
+    )
+    # every fine-tune of both schedules wrote its checkpoint
+    assert len(list((tmp_path / "work" / "tune_1").rglob("best_model_basin_*.pth"))) == 4
+    assert out.is_file()
