@@ -771,8 +771,9 @@ def add_ensemble_args(parser: argparse.ArgumentParser) -> None:
         "--ensemble",
         type=positive_int,
         metavar="N",
-        help="train N members with seeds SEED, SEED+1, ... in one run folder, each with its own "
-        "checkpoint, plus ensemble.json; the ensemble predicts the mean of its members",
+        help="train N members in one run folder, with the seed (--seed) and the N-1 seeds "
+        "after it, each with its own checkpoint, plus ensemble.json; the ensemble predicts the "
+        "mean of its members",
     )
     group.add_argument(
         "--seeds",
