@@ -12,6 +12,7 @@ Usage::
         --unfreeze_embedding --unfreeze_lstm1 --learning_rate 1e-5
     python fine_train.py --target_basin 32006 --start 1995-01-01 \\
         --pretrained_model model_output/fine_tune/basin_32006/<run>/best_model_basin_32006.pth
+    python fine_train.py --target_basin 32006 --pretrained_model model_output/sca2lstm_ensemble.json
 
 Each run writes ``model_output/fine_tune/basin_<id>/<timestamp>/`` with
 ``best_model_basin_<id>.pth``, ``training_curve.png``, ``fine_tune.log``, ``config.yaml``,
@@ -57,25 +58,31 @@ from hyperopt import (
 )
 from sca2lstm import SCA2LSTM, ModelArgs
 from utils import (
+    ENSEMBLE_MANIFEST,
     MODEL_KEYS,
     HelpFormatter,
+    LogFile,
     TrainSettings,
     UserError,
     add_common_args,
     basin_metrics_table,
+    check_ensemble_members,
     checkpoint_payload,
     close_log_files,
     config_summary,
+    ensemble_prediction,
     ensure_writable,
     eval_batch_size,
     explicit_keys,
     fit,
+    is_ensemble_manifest,
     iso_date,
     load_checkpoint,
     load_config,
     log,
     log_device,
     make_run_dir,
+    members_vs_ensemble,
     output_root,
     parse_horizon_weights,
     parse_set,
@@ -83,6 +90,7 @@ from utils import (
     plot_training_curve,
     positive_int,
     predict_windows,
+    read_ensemble_manifest,
     resolve_device,
     run_cli,
     save_checkpoint,
@@ -91,6 +99,7 @@ from utils import (
     show_config_defaults,
     validate_config,
     write_csv,
+    write_ensemble_manifest,
     write_json,
     write_yaml,
 )
@@ -122,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrained_model",
         required=True,
         metavar="PATH",
-        help="SCA2LSTM checkpoint (model_output/sca2lstm.pth or an earlier fine-tuned one)",
+        help="SCA2LSTM checkpoint (model_output/sca2lstm.pth or an earlier fine-tuned one), or "
+        "an ensemble.json: every member is fine-tuned, in one run folder",
     )
     parser.add_argument("--epochs", type=positive_int, help="epochs (N_EPOCHS)")
     parser.add_argument("--batch_size", type=positive_int, help="BATCH_SIZE (and BATCH_SIZE_GPU)")
@@ -496,17 +506,29 @@ def prepare(args: argparse.Namespace) -> FineTuneJob:
 # --------------------------------------------------------------------------- fine-tuning
 
 
-def score(job: FineTuneJob, batch_size: int, label: str) -> pd.DataFrame:
-    """Per-period scores of the model as it is now (validation block and test period)."""
+def score(
+    job: FineTuneJob, batch_size: int, label: str, members: Sequence[FineTuneJob] = ()
+) -> pd.DataFrame:
+    """Per-period scores of the model as it is now (validation block and test period).
+
+    With ``members`` (the jobs of an ensemble's members, ``job`` among them), the score of the
+    mean of their predictions in mm/day (:func:`utils.ensemble_prediction`).
+    """
     frames = []
     sets = (
-        ("validation", job.val, job.split.val_start, job.split.val_end),
-        ("test", job.test, job.split.test_start, job.split.test_end),
+        ("validation", "val", job.split.val_start, job.split.val_end),
+        ("test", "test", job.split.test_start, job.split.test_end),
     )
-    for name, windows, start, end in sets:
+    for name, attr, start, end in sets:
+        windows = getattr(job, attr)
         if windows is None:
             continue
-        pred = predict_windows(job.model, windows, batch_size=batch_size)
+        if members:
+            preds = [predict_windows(m.model, getattr(m, attr), batch_size) for m in members]
+            scalers = [m.scalers for m in members]
+            pred = ensemble_prediction(preds, scalers, job.scalers)["mean"]
+        else:
+            pred = predict_windows(job.model, windows, batch_size=batch_size)
         table = basin_metrics_table(windows, pred, job.data, {}).drop(columns="group")
         table.insert(0, "model", label)
         table.insert(0, "end", str(end))
@@ -813,11 +835,146 @@ def search(job: FineTuneJob, search_only: bool) -> tuple[FineTuneJob, dict]:
     return replace(job, config=config, unfrozen=unfrozen, model=model), results
 
 
+# --------------------------------------------------------------------------- ensembles
+
+
+def prepare_ensemble(args: argparse.Namespace) -> tuple[Path, dict, list[FineTuneJob]]:
+    """One :class:`FineTuneJob` per member of the ensemble manifest ``--pretrained_model``.
+
+    Raises
+    ------
+    UserError
+        A bad manifest, a missing member, members that cannot form one ensemble, or any bad
+        input :func:`prepare` finds for a member.
+    """
+    if args.seed is not None:
+        raise UserError(
+            f"--seed with the ensemble {args.pretrained_model}: each member is fine-tuned with "
+            "its own seed, the one it was pretrained with; drop --seed"
+        )
+    path = Path(args.pretrained_model).expanduser()
+    manifest, parents = read_ensemble_manifest(path)
+    jobs = [prepare(argparse.Namespace(**{**vars(args), "pretrained_model": p})) for p in parents]
+    check_ensemble_members([(job.parent, job.ckpt) for job in jobs])
+    return path, manifest, jobs
+
+
+def fine_tune_ensemble(args: argparse.Namespace) -> dict:
+    """Fine-tune every member of an ensemble on the basin, in one run folder.
+
+    ``<run>/member_<seed>/`` holds each member's fine-tuning run (the files of one run), tuned
+    with the member's seed;
+    ``<run>/ensemble.json`` the fine-tuned ensemble, which ``predict.py --ensemble`` and
+    ``fine_train.py`` read; ``metrics_before_after.csv`` the ensemble's zero-shot and fine-tuned
+    scores (the mean of the members in mm/day) and ``members_vs_ensemble.csv`` the members',
+    their mean and the ensemble's side by side.
+
+    Returns
+    -------
+    dict
+        ``run_dir``, ``manifest`` and ``checkpoint`` (both the new ensemble.json),
+        ``checkpoints`` (the members'), ``metrics`` (the ensemble's, DataFrame), ``summary``,
+        ``members`` (each member's :func:`fine_tune` result) and ``members_vs_ensemble``.
+    """
+    parent, manifest, jobs = prepare_ensemble(args)
+    first = jobs[0]
+    # Every input is checked above; a failure from here on removes the whole run folder.
+    run_dir = make_run_dir(output_root(first.config) / "fine_tune" / f"basin_{first.basin}")
+    try:
+        setup_logging(run_dir / "fine_tune.log")
+        log.info("fine-tuning the %d members of %s on basin %s", len(jobs), parent, first.basin)
+        settings = TrainSettings.from_config(first.config, first.device)
+        eval_batch = eval_batch_size(settings.batch_size)
+        zero = score(first, eval_batch, "zero_shot", members=jobs)
+        results = []
+        for seed, job in zip(manifest["seeds"], jobs, strict=True):
+            member_dir = run_dir / f"member_{seed}"
+            member_dir.mkdir()
+            job.config["SEED"] = seed  # the member's own seed, as a single run with --seed
+            seed_everything(seed)
+            with LogFile(member_dir / "fine_tune.log"):
+                results.append(fine_tune(job, member_dir))
+        tuned = score(first, eval_batch, "fine_tuned", members=jobs)
+        return report_ensemble(run_dir, parent, manifest, jobs, results, zero, tuned)
+    except BaseException:
+        close_log_files()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        close_log_files()
+
+
+def report_ensemble(
+    run_dir: Path,
+    parent: Path,
+    manifest: dict,
+    jobs: list[FineTuneJob],
+    results: list[dict],
+    zero: pd.DataFrame,
+    tuned: pd.DataFrame,
+) -> dict:
+    """Write the fine-tuned ensemble's tables and manifest; log the scores."""
+    metrics = pd.concat([zero, tuned], ignore_index=True)
+    if jobs[0].data.synthetic:
+        metrics.insert(0, "data", "SYNTHETIC")
+    write_csv(run_dir / "metrics_before_after.csv", metrics)
+    keys = [c for c in ("data", "period", "model", "basin", "gauge_name") if c in metrics]
+    tables = {f"seed_{s}": r["metrics"] for s, r in zip(manifest["seeds"], results, strict=True)}
+    side = members_vs_ensemble(tables, metrics, keys)
+    write_csv(run_dir / "members_vs_ensemble.csv", side)
+    summary = summarise(metrics)
+    entries = []
+    for seed, res in zip(manifest["seeds"], results, strict=True):
+        ckpt = load_checkpoint(res["checkpoint"])
+        entries.append(
+            {
+                "seed": seed,
+                "checkpoint": res["checkpoint"],
+                "done": True,
+                "best_epoch": res["best_epoch"],
+                "val_nse": ckpt["metrics"]["best_val_nse"],
+                "summary": res["summary"],
+            }
+        )
+    write_ensemble_manifest(
+        run_dir / ENSEMBLE_MANIFEST,
+        "fine_tune",
+        entries,
+        complete=True,
+        target_basin=jobs[0].basin,
+        parent=str(parent.resolve()),
+        ensemble_metrics=summary,
+        tables={"ensemble": "metrics_before_after.csv", "side_by_side": "members_vs_ensemble.csv"},
+    )
+    for _, row in side.iterrows():
+        log.info(
+            "%-10s %-10s NSE members %s  mean %.3f  ensemble %.3f",
+            row["period"],
+            row["model"],
+            " ".join(f"{row[f'nse_{name}']:.3f}" for name in tables),
+            row["nse_member_mean"],
+            row["nse_ensemble"],
+        )
+    log.info("fine-tuned ensemble %s", run_dir / ENSEMBLE_MANIFEST)
+    return {
+        "run_dir": run_dir,
+        "manifest": run_dir / ENSEMBLE_MANIFEST,
+        "checkpoint": run_dir / ENSEMBLE_MANIFEST,
+        "checkpoints": [r["checkpoint"] for r in results],
+        "metrics": metrics,
+        "summary": summary,
+        "members": results,
+        "members_vs_ensemble": side,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Command-line entry point; returns what :func:`fine_tune` returns (with ``--search_only``:
     the search results)."""
     args = build_parser().parse_args(argv)
     setup_logging()
+    if is_ensemble_manifest(args.pretrained_model):
+        return fine_tune_ensemble(args)
     job = prepare(args)
     results = None
     if args.search_only and not job.config["ENABLE_HYPEROPT"]:

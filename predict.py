@@ -14,6 +14,7 @@ Usage::
         --compare "model_output/pso_lstm/basin_22001/*/best_model_basin_22001.pth"
     python predict.py --model model_output/sca2lstm.pth --basins all --device cuda --compile \\
         --mixed_precision                     # compiled bf16 inference, as in training
+    python predict.py --ensemble --model model_output/sca2lstm_ensemble.json
 
 Outputs, in a new run folder ``<OUTPUT_DIR>/predict/<YYYYmmdd_HHMMSS>/`` (built in a hidden
 temporary folder and renamed at the end, so a failed run leaves no folder behind):
@@ -32,6 +33,9 @@ temporary folder and renamed at the end, so a failed run leaves no folder behind
 - Per basin (first model, lead ``--lead``, default 1, in forecast mode): ``hydrograph_<id>.png``,
   ``scatter_<id>.png``, ``residuals_<id>.png``, ``fdc_<id>.png``; with ``--compare`` also
   ``compare_hydrograph_<id>.png``, ``model_comparison.png`` and ``error_distribution.png``.
+- ``--ensemble``: the ensemble (the mean of the members in mm/day) is the first model, then each
+  member; its rows of ``predictions.csv`` add the members' range (``sim_min_mm_day``,
+  ``sim_max_mm_day``, ``sim_min_m3s``, ``sim_max_m3s``), drawn as a band on the hydrographs.
 - ``--export_weights`` (SCA2LSTM): ``channel_weights_daily.csv`` (date = issue day t of the
   window, basin, step 0..L-1 with L-1 that day, then L..L+P-1 the lead days with future inputs,
   channel, weight), ``channel_weights_mean.csv``,
@@ -42,6 +46,7 @@ temporary folder and renamed at the end, so a failed run leaves no folder behind
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import glob
 import importlib
@@ -76,11 +81,14 @@ from utils import (
     UserError,
     add_common_args,
     basin_metrics_table,
+    check_ensemble_members,
     close_log_files,
     config_summary,
     csv_list,
+    ensemble_prediction,
     ensure_writable,
     eval_batch_size,
+    is_ensemble_manifest,
     lead_metrics_table,
     load_checkpoint,
     load_config,
@@ -94,6 +102,7 @@ from utils import (
     predict_windows,
     progress,
     pyplot,
+    read_ensemble_manifest,
     resolve_device,
     run_cli,
     save_figure,
@@ -358,6 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="forecast lead day (1..PRED_LEN) shown in the hydrograph, scatter, residual and FDC "
         "plots and the --compare charts (default 1)",
     )
+    parser.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="--model lists the members of an ensemble (several checkpoints, a quoted glob whose "
+        "every match is a member, or an ensemble.json); reports their mean, each member and "
+        "their spread",
+    )
     parser.add_argument("--log_scale", action="store_true", help="log axes on the scatter plot")
     parser.add_argument("--demo", action="store_true", help="use the synthetic demo dataset")
     parser.add_argument(
@@ -600,6 +616,12 @@ def predictions_frame(run: ModelRun, data: InputData) -> pd.DataFrame:
     frames = []
     for basin, s in run.series.items():
         area = data.basins[basin].area
+        # An ensemble's series carry its members' range (minimum and maximum).
+        spread = {}
+        for key, name in (("low", "sim_min"), ("high", "sim_max")):
+            if key in s:
+                spread[f"{name}_mm_day"] = s[key]
+                spread[f"{name}_m3s"] = mm_per_day_to_m3s(s[key], area)
         frames.append(
             pd.DataFrame(
                 {
@@ -611,6 +633,7 @@ def predictions_frame(run: ModelRun, data: InputData) -> pd.DataFrame:
                     "sim_mm_day": s["sim"],
                     "obs_m3s": mm_per_day_to_m3s(s["obs"], area),
                     "sim_m3s": mm_per_day_to_m3s(s["sim"], area),
+                    **spread,
                 }
             )
         )
@@ -805,6 +828,16 @@ def plot_hydrograph(
     for k, (label, s) in enumerate(sims.items()):
         colour = colours[(k + 1) % len(colours)]
         ax_q.plot(s["date"].astype("datetime64[ns]"), s["sim"], lw=0.9, color=colour, label=label)
+        if "low" in s:  # an ensemble: its members' range as a band
+            ax_q.fill_between(
+                s["date"].astype("datetime64[ns]"),
+                s["low"],
+                s["high"],
+                color=colour,
+                alpha=0.3,
+                lw=0,
+                label=f"{label}: range of the members",
+            )
     seen = np.flatnonzero(np.isfinite(b.column(target)))
     last = b.start + np.timedelta64(int(seen[-1]), "D") if seen.size else None
     if last is not None and start <= last < end:
@@ -1101,6 +1134,142 @@ def plot_error_distribution(path: Path, runs: list[ModelRun], lead: int, title: 
     save_figure(fig, path)
 
 
+# --------------------------------------------------------------------------- ensembles
+
+
+def ensemble_members(args: argparse.Namespace) -> tuple[list[Path], Path | None]:
+    """The member checkpoints of ``--ensemble``: every file ``--model`` names or matches.
+
+    Each ``--model`` item is a checkpoint, a glob (every match is a member, not only the
+    newest) or an ensemble manifest (``ensemble.json``, its members).
+
+    Returns
+    -------
+    (list of Path, Path or None)
+        The members in order, and the manifest when one was given; none without ``--ensemble``.
+
+    Raises
+    ------
+    UserError
+        Fewer than two members, a member named twice, options an ensemble cannot take, or a
+        manifest without ``--ensemble``.
+    """
+    if not args.ensemble:
+        manifests = [m for m in args.model if is_ensemble_manifest(m)]
+        if manifests:
+            raise UserError(
+                f"--model {manifests[0]} is an ensemble manifest; add --ensemble to predict "
+                "with its members"
+            )
+        return [], None
+    if args.export_weights:
+        raise UserError(
+            "--export_weights with --ensemble: the channel weights are a member's; predict "
+            "with one member's checkpoint to export them"
+        )
+    paths: list[Path] = []
+    manifest = None
+    for item in args.model:
+        if is_ensemble_manifest(item) and not any(c in item for c in "*?["):
+            manifest = Path(item).expanduser()
+            paths += read_ensemble_manifest(manifest)[1]
+        elif any(c in item for c in "*?["):
+            matches = sorted(glob.glob(os.path.expanduser(item)))
+            matches = [Path(p) for p in matches if os.path.isfile(p)]
+            if not matches:
+                raise UserError(f"--model {item}: no file matches; check the path")
+            paths += matches
+        else:
+            paths.append(resolve_checkpoint([item], "--model"))
+    resolved = [p.resolve() for p in paths]
+    dup = sorted({str(p) for p in resolved if resolved.count(p) > 1})
+    if dup:
+        raise UserError(f"--ensemble: {', '.join(dup)} named twice; give each member once")
+    if len(paths) < 2:
+        raise UserError(
+            f"--ensemble needs two or more member checkpoints, --model gave {len(paths)}; pass "
+            "several paths, a quoted glob or an ensemble.json"
+        )
+    log.info("ensemble of %d members: %s", len(paths), ", ".join(map(str, paths)))
+    return paths, manifest
+
+
+def ensemble_run(
+    members: list[ModelRun],
+    data: InputData,
+    basins: list[str],
+    batch_size: int,
+    source: Path,
+) -> ModelRun:
+    """The ensemble as one more model: the members' mean in mm/day, scored like a model.
+
+    Each member predicts its own windows with its own scalers; :func:`utils.ensemble_prediction`
+    averages them in physical units. The series carry the members' range (``low``/``high``,
+    their minimum and maximum), which the hydrograph draws as a band.
+    """
+    first = members[0]
+    ref = (first.windows.sample_end.cpu(), first.windows.sample_basin.cpu())
+    for run in members[1:]:
+        if not (
+            torch.equal(run.windows.sample_end.cpu(), ref[0])
+            and torch.equal(run.windows.sample_basin.cpu(), ref[1])
+        ):
+            raise UserError(
+                f"ensemble members {first.loaded.path} and {run.loaded.path} have different "
+                "windows on these data; members need the same inputs and windows"
+            )
+    preds = [predict_windows(r.loaded.model, r.windows, batch_size=batch_size) for r in members]
+    ens = ensemble_prediction(preds, [r.loaded.scalers for r in members], first.loaded.scalers)
+    windows = first.windows
+    series = series_by_basin(windows, ens["mean"])
+    for key in ("low", "high"):
+        for basin, s in series_by_basin(windows, ens[key]).items():
+            series[basin][key] = s["sim"]
+    groups = basin_groups(first.loaded.ckpt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # as in run_model
+        metrics = basin_metrics_table(
+            windows, ens["mean"], data, {b: groups.get(b, "unseen") for b in basins}
+        )
+    metrics = metrics.rename(columns={"rmse": "rmse_mm_day", "mae": "mae_mm_day"})
+    # A day counts as seen when it trained any member.
+    spans: dict[str, list] = {}
+    for run in members:
+        for basin, basin_spans in training_spans(run.loaded.ckpt).items():
+            spans.setdefault(basin, []).extend(basin_spans)
+    metrics["days_seen_in_training"] = [
+        days_seen_in_training(spans.get(b, []), series[b]["date"], series[b]["obs"])
+        if b in series
+        else 0
+        for b in metrics["basin"]
+    ]
+    loaded = dataclasses.replace(first.loaded, path=source, label=f"ensemble_of_{len(members)}")
+    metrics.insert(0, "model", loaded.label)
+    metrics["checkpoint"] = str(source)
+    metrics = metrics.reindex(columns=list(METRIC_COLUMNS))
+    by_lead = None
+    if first.loaded.spec.mode == "forecast":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            by_lead = lead_metrics_table(
+                windows, ens["mean"], data, {b: groups.get(b, "unseen") for b in basins}
+            )
+        by_lead = by_lead.rename(columns={"rmse": "rmse_mm_day"})
+        by_lead.insert(0, "model", loaded.label)
+        by_lead = by_lead.reindex(columns=list(LEAD_COLUMNS))
+    return ModelRun(loaded, windows, series, metrics, ens["mean"], by_lead)
+
+
+def ensemble_summary(run: ModelRun, members: list[LoadedModel]) -> dict:
+    """The ``ensemble`` entry of metrics.json: its label, source and members."""
+    return {
+        "label": run.loaded.label,
+        "source": str(run.loaded.path),
+        "prediction": "mean of the members in mm/day; spread: their minimum and maximum",
+        "members": [{"label": m.label, "checkpoint": str(m.path)} for m in members],
+    }
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -1206,7 +1375,8 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
     device = resolve_device(args.device, config=config)
     log_device(device)
     inference = InferenceSettings.from_config(config, device)
-    paths = [resolve_checkpoint(args.model, "--model")]
+    members, manifest = ensemble_members(args)
+    paths = members or [resolve_checkpoint(args.model, "--model")]
     paths += [resolve_checkpoint([p], "--compare") for p in args.compare or []]
     models = [load_model(p, device) for p in paths]
     for lm, label in zip(models, _labels(models), strict=True):
@@ -1214,6 +1384,8 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
         log.info(
             "model %s: %s (%s, stage %s)", label, lm.path, lm.model_class, lm.ckpt.get("stage")
         )
+    if members:
+        check_ensemble_members([(lm.path, lm.ckpt) for lm in models[: len(members)]])
     first = models[0]
     # What the run did is the checkpoint's model, inputs, windows and periods, not run.config's.
     saved = first.ckpt.get("config") or {}
@@ -1262,6 +1434,9 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
     )
     batch_size = eval_batch_size(config["BATCH_SIZE"])
     runs = [run_model(lm, data, basins, start, end, device, batch_size, inference) for lm in models]
+    if members:
+        source = manifest or Path(os.path.commonpath([str(p.resolve()) for p in members]))
+        runs.insert(0, ensemble_run(runs[: len(members)], data, basins, batch_size, source))
     notes = [note for run in runs for note in coverage_notes(run, data, end)]
     for note in notes:
         log.info("note: %s", note)
@@ -1328,6 +1503,7 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
                 ],
                 "notes": notes
                 + ([HINDCAST_NOTE] if any(lm.spec.future_inputs for lm in models) else []),
+                "ensemble": ensemble_summary(runs[0], models[: len(members)]) if members else None,
                 "metrics": metrics.to_dict(orient="records"),
             },
         )

@@ -6,6 +6,7 @@ Usage::
     python sca2lstm.py --demo --epochs 2                  # synthetic data, a quick check
     python sca2lstm.py --epochs 60 --data_dir /data/CAMELS_GB
     python sca2lstm.py --mode simulate --seq_len 365 --set PREDICT_LAST_N=30
+    python sca2lstm.py --config configs/zero_shot.yaml --seeds 1,2,3   # an ensemble of 3
 
 In a notebook::
 
@@ -25,7 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
+import yaml
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -51,17 +54,21 @@ from hyperopt import (
     write_window_comparison,
 )
 from utils import (
+    ENSEMBLE_MANIFEST,
     CheckpointLoadable,
     HelpFormatter,
+    LogFile,
     TrainSettings,
     UserError,
     add_common_args,
     basin_metrics_table,
+    check_ensemble_members,
     checkpoint_payload,
     close_log_files,
     config_summary,
     csv_list,
     distributed_rank,
+    ensemble_prediction,
     ensure_writable,
     eval_batch_size,
     explicit_keys,
@@ -73,14 +80,17 @@ from utils import (
     log,
     log_device,
     make_run_dir,
+    members_vs_ensemble,
     nse,
     output_root,
     parse_horizon_weights,
+    parse_seeds,
     period,
     plot_channel_weights,
     plot_training_curve,
     positive_int,
     predict_windows,
+    read_ensemble_manifest,
     resolve_device,
     run_cli,
     save_checkpoint,
@@ -89,6 +99,7 @@ from utils import (
     setup_logging,
     show_config_defaults,
     write_csv,
+    write_ensemble_manifest,
     write_json,
     write_yaml,
 )
@@ -99,6 +110,7 @@ __all__ = [
     "activation_memory_estimate",
     "load_config",
     "pretrain",
+    "train_ensemble",
     "main",
 ]
 
@@ -447,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare input windows: a grid over SEQ_LEN only (e.g. 3,7,30,90,365), written to "
         "window_comparison.csv and window_size_comparison.png in the study folder",
     )
+    add_ensemble_args(parser)
     add_common_args(parser)
     show_config_defaults(parser, "pretrain")
     return parser
@@ -732,8 +745,12 @@ def pretrain(
     run_dir: Path,
     resume_dir: Path | None = None,
     dry_run: bool = False,
+    publish: bool = True,
 ) -> dict:
     """Train SCA2LSTM on TRAIN_BASINS, early-stop on VAL_BASINS, score on the test period.
+
+    ``publish=False`` leaves ``model_output/sca2lstm.pth`` alone (an ensemble's members: the
+    ensemble run writes it once, see :func:`train_ensemble`).
 
     Returns
     -------
@@ -855,7 +872,7 @@ def pretrain(
         extra={"history": result.history},
     )
     save_checkpoint(run_dir / "best_model.pth", best)
-    pointer = publish_pointer(best, config, run_dir, started, dry_run)
+    pointer = publish_pointer(best, config, run_dir, started, dry_run) if publish else None
     for _, row in metrics.iterrows():
         extra = (
             f"  persistence NSE {row['persistence_nse']:.3f}" if "persistence_nse" in row else ""
@@ -959,6 +976,352 @@ def run_pretrain_search(
     return best, results
 
 
+# --------------------------------------------------------------------------- ensembles
+
+
+def add_ensemble_args(parser: argparse.ArgumentParser) -> None:
+    """``--ensemble N`` and ``--seeds 1,2,3``: several members in one run folder."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--ensemble",
+        type=positive_int,
+        metavar="N",
+        help="train N members in one run folder, with the seed (--seed) and the N-1 seeds "
+        "after it, each with its own checkpoint, plus ensemble.json; the ensemble predicts the "
+        "mean of its members",
+    )
+    group.add_argument(
+        "--seeds",
+        metavar="S1,S2,...",
+        help="like --ensemble, with these seeds (two or more, distinct)",
+    )
+
+
+def ensemble_seeds(args: argparse.Namespace, config: dict) -> list[int] | None:
+    """The members' seeds asked for by ``--ensemble N`` or ``--seeds`` (None: neither given).
+
+    Raises
+    ------
+    UserError
+        ``--ensemble 1``, a bad seed list, or ``--seeds`` together with ``--seed``.
+    """
+    if args.seeds is not None:
+        if args.seed is not None:
+            raise UserError("--seed and --seeds both given; an ensemble takes --seeds only")
+        return parse_seeds(args.seeds)
+    if args.ensemble is not None:
+        if args.ensemble < 2:
+            raise UserError(
+                f"--ensemble {args.ensemble}: an ensemble needs two or more members; for one "
+                "model leave --ensemble out"
+            )
+        return [config["SEED"] + i for i in range(args.ensemble)]
+    return None
+
+
+def is_ensemble_run(value: str | None) -> bool:
+    """True when ``--resume`` names the folder of an ensemble run (it holds ensemble.json)."""
+    return bool(value) and value != "latest" and (Path(value) / ENSEMBLE_MANIFEST).is_file()
+
+
+def _member_dir(run_dir: Path, seed: int) -> Path:
+    return run_dir / f"member_{seed}"
+
+
+def _member_done(member_dir: Path) -> bool:
+    """A member is done once its best checkpoint holds the test-period scores."""
+    best = member_dir / "best_model.pth"
+    return best.is_file() and "median_test_nse" in (load_checkpoint(best).get("metrics") or {})
+
+
+def _member_entry(member_dir: Path, seed: int) -> dict:
+    """The manifest entry of a member: its checkpoint, validation score and test scores."""
+    entry = {"seed": seed, "checkpoint": member_dir / "best_model.pth", "done": False}
+    if not _member_done(member_dir):
+        return entry
+    m = load_checkpoint(member_dir / "best_model.pth")["metrics"]
+    return {
+        **entry,
+        "done": True,
+        "best_epoch": m["best_epoch"],
+        "val_nse": m["best_val_nse"],
+        "median_test_nse": m["median_test_nse"],
+        "median_test_nse_unseen_basins": m["median_test_nse_unseen_basins"],
+        "test_nse": {str(r["basin"]): r["nse"] for r in m["per_basin"]},
+    }
+
+
+def train_member(
+    config: dict,
+    data_dir: Path,
+    device: torch.device,
+    member_dir: Path,
+    explicit: set[str],
+    dry_run: bool,
+) -> None:
+    """Train one member into ``member_dir`` with :func:`pretrain`, or continue it.
+
+    A member with ``last_model.pth`` but no test scores continues from there (the settings of
+    :func:`resume_config`); one without starts from scratch with ``config["SEED"]``.
+    """
+    resume_dir = None
+    if (member_dir / "last_model.pth").is_file():
+        config = resume_config(config, explicit, member_dir)
+        resume_dir = member_dir
+    member_dir.mkdir(exist_ok=True)
+    seed_everything(config["SEED"])
+    with LogFile(member_dir / "train.log"):
+        log.info("ensemble member %s (seed %d)", member_dir.name, config["SEED"])
+        write_yaml(member_dir / "config.yaml", config)
+        pretrain(config, data_dir, device, member_dir, resume_dir, dry_run=dry_run, publish=False)
+
+
+def score_ensemble(
+    config: dict, data_dir: Path, device: torch.device, checkpoints: list[Path]
+) -> pd.DataFrame:
+    """The ensemble's test-period table: the mean of the members' predictions, in mm/day.
+
+    Each member predicts the validation and test basins over the test period with its own
+    scalers; :func:`utils.ensemble_prediction` averages in physical units and
+    :func:`utils.basin_metrics_table` scores the mean, as for one model.
+    """
+    ckpts = [(path, load_checkpoint(path)) for path in checkpoints]
+    check_ensemble_members(ckpts)
+    groups = {"validation": config["VAL_BASINS"], "test": config["TEST_BASINS"]}
+    scored = list(dict.fromkeys(groups["validation"] + groups["test"]))
+    group_of = {b: "validation" for b in groups["validation"]}
+    group_of.update({b: "test" for b in groups["test"]})
+    data = load_input_data(config, data_dir, scored)
+    preds, scalers, windows = [], [], None
+    for path, ckpt in ckpts:
+        spec = FeatureSpec.from_dict(ckpt["features"])
+        member_scalers = Scalers.from_dict(ckpt["scalers"])
+        model = SCA2LSTM.from_checkpoint(path).to(device)
+        w = WindowData(
+            data,
+            spec,
+            member_scalers,
+            scored,
+            *period(config, "test"),
+            device=device,
+            stride=spec.eval_stride,
+        )
+        preds.append(predict_windows(model, w, batch_size=eval_batch_size(config["BATCH_SIZE"])))
+        scalers.append(member_scalers)
+        windows = windows or w
+    mean = ensemble_prediction(preds, scalers, scalers[0])["mean"]
+    metrics = basin_metrics_table(windows, mean, data, group_of)
+    metrics.insert(3, "trained_on", metrics["basin"].isin(config["TRAIN_BASINS"]))
+    if data.synthetic:
+        metrics.insert(0, "data", "SYNTHETIC")
+    return metrics
+
+
+def _median(values) -> float | None:
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.median(values)) if values else None
+
+
+def train_ensemble(
+    config: dict,
+    data_dir: Path,
+    device: torch.device,
+    run_dir: Path,
+    seeds: Sequence[int],
+    explicit: set[str] | None = None,
+    dry_run: bool = False,
+) -> dict:
+    """Train one member per seed in ``run_dir/member_<seed>/`` and score their mean.
+
+    Members whose folder already holds test scores are kept (a resumed run continues the
+    others). ``run_dir/ensemble.json`` lists the members (paths relative to it) and is rewritten
+    after each member. At the end it holds each member's validation and test scores and the
+    ensemble's; ``metrics_test_period.csv`` holds the ensemble's table, and
+    ``members_vs_ensemble.csv`` the members', their mean and the ensemble's per basin.
+    ``model_output/sca2lstm.pth`` becomes the member with the best validation NSE (never chosen
+    on the test period), and ``model_output/sca2lstm_ensemble.json`` a manifest of this ensemble.
+
+    Returns
+    -------
+    dict
+        ``run_dir``, ``manifest``, ``checkpoint`` (the best member's), ``checkpoints`` (all),
+        ``members`` (manifest entries), ``metrics`` (the ensemble's table, DataFrame),
+        ``members_vs_ensemble`` (DataFrame) and ``device``.
+    """
+    explicit = explicit or set()
+    manifest = run_dir / ENSEMBLE_MANIFEST
+    started = _pointer_stamp(output_root(config) / "sca2lstm.pth")
+    dirs = [_member_dir(run_dir, seed) for seed in seeds]
+
+    def write(entries: list[dict], **extra) -> None:
+        done = all(e["done"] for e in entries)
+        write_ensemble_manifest(manifest, "pretrain", entries, complete=done, **extra)
+
+    write([_member_entry(d, seed) for d, seed in zip(dirs, seeds, strict=True)])
+    for k, (member_dir, seed) in enumerate(zip(dirs, seeds, strict=True)):
+        if _member_done(member_dir):
+            log.info("member %s (seed %d): finished earlier, kept", member_dir.name, seed)
+            continue
+        log.info("ensemble member %d of %d: seed %d", k + 1, len(seeds), seed)
+        train_member({**config, "SEED": seed}, data_dir, device, member_dir, explicit, dry_run)
+        write([_member_entry(d, s) for d, s in zip(dirs, seeds, strict=True)])
+    entries = [_member_entry(d, s) for d, s in zip(dirs, seeds, strict=True)]
+    return report_ensemble(config, data_dir, device, run_dir, entries, started, dry_run)
+
+
+def report_ensemble(
+    config: dict,
+    data_dir: Path,
+    device: torch.device,
+    run_dir: Path,
+    entries: list[dict],
+    started: tuple[int, int] | None,
+    dry_run: bool,
+) -> dict:
+    """Score the finished members' mean, write the tables and the manifest, publish pointers."""
+    checkpoints = [Path(e["checkpoint"]) for e in entries]
+    metrics = score_ensemble(config, data_dir, device, checkpoints)
+    write_csv(run_dir / "metrics_test_period.csv", metrics)
+    keys = [c for c in ("data", "basin", "gauge_name", "group", "trained_on") if c in metrics]
+    tables = {
+        f"seed_{e['seed']}": pd.DataFrame(load_checkpoint(p)["metrics"]["per_basin"])
+        for e, p in zip(entries, checkpoints, strict=True)
+    }
+    for table in tables.values():
+        table["basin"] = table["basin"].astype(str)
+    side = members_vs_ensemble(tables, metrics, keys)
+    write_csv(run_dir / "members_vs_ensemble.csv", side)
+    unseen = metrics.loc[~metrics["trained_on"], "nse"]
+    # The best member is chosen on the validation basins and period, never on the test period.
+    best = max(entries, key=lambda e: e["val_nse"] if np.isfinite(e["val_nse"]) else -np.inf)
+    summary = {
+        "median_test_nse": _median(metrics["nse"]),
+        "median_test_nse_unseen_basins": _median(unseen),
+        "test_nse": dict(zip(metrics["basin"], metrics["nse"], strict=True)),
+        "members_median_test_nse": [e["median_test_nse"] for e in entries],
+        "mean_of_members_median_test_nse": float(np.mean([e["median_test_nse"] for e in entries])),
+        "median_of_member_mean_nse": _median(side["nse_member_mean"]),
+    }
+    extra = {
+        "best_member": {"seed": best["seed"], "chosen_by": "validation NSE (best_val_nse)"},
+        "ensemble_metrics": summary,
+        "tables": {
+            "ensemble": "metrics_test_period.csv",
+            "side_by_side": "members_vs_ensemble.csv",
+        },
+    }
+    write_ensemble_manifest(
+        run_dir / ENSEMBLE_MANIFEST, "pretrain", entries, complete=True, **extra
+    )
+    pointer = publish_pointer(
+        load_checkpoint(best["checkpoint"]), config, run_dir, started, dry_run
+    )
+    if pointer is not None:
+        # A manifest of this ensemble next to sca2lstm.pth, its paths relative to model_output/.
+        write_ensemble_manifest(
+            pointer.with_name("sca2lstm_ensemble.json"),
+            "pretrain",
+            entries,
+            complete=True,
+            run_dir=os.path.relpath(run_dir, pointer.parent),
+            **extra,
+        )
+    log_ensemble(side, [f"seed_{e['seed']}" for e in entries], summary, best["seed"], pointer)
+    return {
+        "run_dir": run_dir,
+        "manifest": run_dir / ENSEMBLE_MANIFEST,
+        "checkpoint": Path(best["checkpoint"]),
+        "checkpoints": checkpoints,
+        "members": entries,
+        "metrics": metrics,
+        "members_vs_ensemble": side,
+        "device": str(device),
+    }
+
+
+def log_ensemble(
+    side: pd.DataFrame, names: list[str], summary: dict, best: int, pointer: Path | None
+) -> None:
+    """Log the members', their mean's and the ensemble's test-period NSE per basin."""
+    for _, row in side.iterrows():
+        log.info(
+            "test period  %s %-28s NSE members %s  mean %.3f  ensemble %.3f",
+            row["basin"],
+            str(row["gauge_name"])[:28],
+            " ".join(f"{row[f'nse_{name}']:.3f}" for name in names),
+            row["nse_member_mean"],
+            row["nse_ensemble"],
+        )
+    log.info(
+        "ensemble of %d: median test-period NSE %.3f (%.3f over basins never trained on); the "
+        "members' medians %s; best member on validation: seed %d%s",
+        len(names),
+        summary["median_test_nse"] or float("nan"),
+        summary["median_test_nse_unseen_basins"] or float("nan"),
+        ", ".join(f"{v:.3f}" for v in summary["members_median_test_nse"]),
+        best,
+        f" (now {pointer})" if pointer else "",
+    )
+
+
+def ensemble_main(
+    args: argparse.Namespace, config: dict, data_dir: Path, device: torch.device
+) -> dict:
+    """``main`` for ``--ensemble``/``--seeds`` and for ``--resume`` of an ensemble folder."""
+    if args.parallel or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(
+            "--ensemble/--seeds train the members one after another in one process; drop "
+            "--parallel (or start one data-parallel run per seed with --seed)"
+        )
+    explicit = explicit_keys(args.config, args.set, pretrain_flags(args), "pretrain")
+    seeds = ensemble_seeds(args, config)
+    run_dir = None
+    if args.resume:
+        if not is_ensemble_run(args.resume):
+            raise UserError(
+                f"--resume {args.resume} with --ensemble/--seeds: give the folder of an ensemble "
+                "run (it holds ensemble.json); its seeds come from there"
+            )
+        run_dir = Path(args.resume)
+        manifest, _ = read_ensemble_manifest(run_dir / ENSEMBLE_MANIFEST, need_all=False)
+        if seeds is not None and seeds != manifest["seeds"]:
+            raise UserError(
+                f"--resume {run_dir}: that ensemble has seeds {manifest['seeds']}, not {seeds}; "
+                "drop --ensemble/--seeds to continue it"
+            )
+        if all(_member_done(_member_dir(run_dir, s)) for s in manifest["seeds"]):
+            raise UserError(
+                f"--resume {run_dir}: that ensemble has finished all its members; start a new "
+                "run (finished members are never retrained)"
+            )
+        seeds = manifest["seeds"]
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        config = {**config, **saved, **{k: config[k] for k in explicit}}
+        log.info("resuming ensemble %s: seeds %s", run_dir, seeds)
+    # Everything is checked before the run folder exists, so bad input leaves nothing behind.
+    load_input_data(
+        config,
+        data_dir,
+        list(dict.fromkeys(config["TRAIN_BASINS"] + config["VAL_BASINS"] + config["TEST_BASINS"])),
+    )
+    fresh = run_dir is None
+    run_dir = run_dir or make_run_dir(output_root(config) / "pretrain")
+    setup_logging(run_dir / "train.log")
+    try:
+        log.info("ensemble run folder %s: %d members, seeds %s", run_dir, len(seeds), seeds)
+        if fresh:
+            write_yaml(run_dir / "config.yaml", config)
+        log.info("config: %s (every key: config.yaml)", config_summary(config))
+        return train_ensemble(config, data_dir, device, run_dir, seeds, explicit, args.dry_run)
+    except BaseException:
+        if fresh and not any(run_dir.glob("member_*/last_model.pth")):
+            close_log_files()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        close_log_files()
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Command-line entry point; returns what :func:`pretrain` returns (with ``--search_only``:
     the search results)."""
@@ -968,6 +1331,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ensure_writable(output_root(config), "the output folder")
     data_dir = resolve_data_dir(args.data_dir, config, demo=args.demo)
     device = resolve_device(args.device, args.no_cuda, config)
+    if args.ensemble is not None or args.seeds is not None or is_ensemble_run(args.resume):
+        return ensemble_main(args, config, data_dir, device)
     rank, world = 0, int(os.environ.get("WORLD_SIZE", "1"))
     if args.parallel and world > 1:
         device = init_distributed(device)

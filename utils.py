@@ -2006,6 +2006,273 @@ def basin_metrics_table(windows, pred: np.ndarray, data, group: dict):
     return pd.DataFrame(rows)
 
 
+# --------------------------------------------------------------------------- ensembles
+# An ensemble is a few members (checkpoints) listed in a JSON manifest next to them; its
+# prediction is the mean of the members' predictions in physical units (Kratzert et al. 2019).
+
+ENSEMBLE_FORMAT = "sca2lstm-ensemble"
+ENSEMBLE_FORMAT_VERSION = 1
+ENSEMBLE_MANIFEST = "ensemble.json"
+# What every member must share: the FeatureSpec fields (checkpoint "features").
+ENSEMBLE_SHARED = {
+    "dynamic_inputs": "inputs (DYNAMIC_INPUTS)",
+    "static_attributes": "static attributes (STATIC_ATTRIBUTES)",
+    "use_forcings": "use of the forcings",
+    "target": "target (TARGET)",
+    "mode": "mode (MODE)",
+    "seq_len": "window (SEQ_LEN)",
+    "pred_len": "forecast lead (PRED_LEN)",
+    "predict_last_n": "scored days per window (PREDICT_LAST_N)",
+}
+
+
+def parse_seeds(text: str, flag: str = "--seeds") -> list[int]:
+    """The seeds of ``--seeds 1,2,3``: two or more distinct integers.
+
+    Raises
+    ------
+    UserError
+        Not integers, a seed given twice, or fewer than two seeds.
+    """
+    try:
+        seeds = [int(t) for t in csv_list(text)]
+    except (ValueError, argparse.ArgumentTypeError):
+        raise UserError(
+            f"{flag} {text!r} is not a comma list of integer seeds, e.g. 1,2,3"
+        ) from None
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dup:
+        raise UserError(
+            f"{flag} {text!r}: seed(s) {', '.join(map(str, dup))} given twice; each member needs "
+            "its own seed"
+        )
+    if len(seeds) < 2:
+        raise UserError(
+            f"{flag} {text!r} names one seed; an ensemble needs two or more (one model: --seed)"
+        )
+    return seeds
+
+
+def write_ensemble_manifest(path: Path, stage: str, members: list[dict], **extra: Any) -> None:
+    """Write an ensemble manifest; member checkpoints are stored relative to its folder.
+
+    Parameters
+    ----------
+    path : Path
+        The manifest file (``<run>/ensemble.json``).
+    stage : str
+        ``pretrain`` or ``fine_tune``.
+    members : list of dict
+        One dict per member with at least ``seed`` and ``checkpoint`` (a path inside the run
+        folder); other keys (scores) are stored as given.
+    **extra
+        More top-level entries (the ensemble's metrics, the best member, ...).
+    """
+    path = Path(path)
+    rows = []
+    for m in members:
+        rel = Path(os.path.relpath(Path(m["checkpoint"]).resolve(), path.parent.resolve()))
+        rows.append({**m, "checkpoint": rel.as_posix()})
+    write_json(
+        path,
+        {
+            "format": ENSEMBLE_FORMAT,
+            "format_version": ENSEMBLE_FORMAT_VERSION,
+            "stage": stage,
+            "seeds": [m["seed"] for m in members],
+            "members": rows,
+            **extra,
+        },
+    )
+
+
+def is_ensemble_manifest(path: str | Path) -> bool:
+    """True for a ``.json`` file: the toolkit's checkpoints are ``.pth``, manifests ``.json``."""
+    return Path(path).suffix.lower() == ".json"
+
+
+def read_ensemble_manifest(path: str | Path, need_all: bool = True) -> tuple[dict, list[Path]]:
+    """Read an ensemble manifest and resolve its members' checkpoints.
+
+    Parameters
+    ----------
+    path : str or Path
+        The manifest (``ensemble.json``); member paths are relative to its folder, so a moved or
+        copied run folder keeps working.
+    need_all : bool
+        Raise when a member's checkpoint is missing (an unfinished ensemble).
+
+    Returns
+    -------
+    (dict, list of Path)
+        The manifest and the absolute member checkpoint paths, in its order.
+
+    Raises
+    ------
+    UserError
+        Missing or unreadable file, another format, or missing member checkpoints.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"ensemble manifest {path} not found; check the path")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} is not a readable JSON ensemble manifest ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != ENSEMBLE_FORMAT:
+        raise UserError(
+            f"{path} is not an ensemble manifest of this toolkit (no format {ENSEMBLE_FORMAT!r}); "
+            "give the ensemble.json of an ensemble run, or a .pth checkpoint"
+        )
+    if manifest.get("format_version") != ENSEMBLE_FORMAT_VERSION:
+        raise UserError(
+            f"{path} has ensemble format {manifest.get('format_version')}, this toolkit reads "
+            f"format {ENSEMBLE_FORMAT_VERSION}; retrain the ensemble with this version"
+        )
+    members = [path.parent / m["checkpoint"] for m in manifest.get("members") or []]
+    missing = [str(p) for p in members if not p.is_file()]
+    if need_all and missing:
+        raise UserError(
+            f"{path}: member checkpoint(s) {', '.join(missing)} missing; an interrupted ensemble "
+            "run continues with sca2lstm.py --resume RUN_DIR"
+        )
+    if need_all and len(members) < 2:
+        raise UserError(f"{path} lists {len(members)} member(s); an ensemble needs two or more")
+    return manifest, members
+
+
+def check_ensemble_members(members: Sequence[tuple[Path, dict]]) -> None:
+    """Check that checkpoints can form one ensemble: the same inputs, mode, windows and target.
+
+    Parameters
+    ----------
+    members : sequence of (Path, dict)
+        Each member's checkpoint file and its content (:func:`load_checkpoint`).
+
+    Raises
+    ------
+    UserError
+        Fewer than two members, or one that differs from the first (the message names what).
+    """
+    if len(members) < 2:
+        raise UserError(
+            f"an ensemble needs two or more checkpoints, got {len(members)}; pass several paths, "
+            "a quoted glob or an ensemble.json"
+        )
+    first_path, first = members[0]
+    ref = first.get("features") or {}
+    for path, ckpt in members[1:]:
+        features = ckpt.get("features") or {}
+        for key, what in ENSEMBLE_SHARED.items():
+            if features.get(key) != ref.get(key):
+                raise UserError(
+                    f"ensemble members differ in their {what}: {first_path} has "
+                    f"{ref.get(key)!r}, {path} has {features.get(key)!r}; an ensemble needs "
+                    "members with the same inputs, mode, windows and target"
+                )
+        for key in ("dynamic_mean", "static_mean"):
+            if len((ckpt.get("scalers") or {}).get(key, [])) != len(
+                (first.get("scalers") or {}).get(key, [])
+            ):
+                raise UserError(
+                    f"ensemble members' scalers cover other features: {first_path} and {path}; "
+                    "retrain the members with the same inputs"
+                )
+
+
+def ensemble_prediction(preds: Sequence[np.ndarray], scalers: Sequence, into) -> dict:
+    """The members' mean, minimum and maximum, in physical units, as scaled by ``into``.
+
+    Each member's output is unscaled with its own scalers (mm/day) before averaging, so members
+    with different target scalers still average in physical units; the result is scaled with
+    ``into`` (the scalers of the windows it is scored on, e.g. by :func:`basin_metrics_table`).
+
+    Parameters
+    ----------
+    preds : sequence of numpy.ndarray
+        ``[S, n_out]`` scaled predictions of each member over the same windows.
+    scalers : sequence of hydrologyDataset.Scalers
+        Each member's scalers.
+    into : hydrologyDataset.Scalers
+        The scalers the returned arrays are in.
+
+    Returns
+    -------
+    dict
+        ``mean``, ``low`` (minimum) and ``high`` (maximum over members), each ``[S, n_out]``.
+
+    Raises
+    ------
+    UserError
+        Members that predicted different windows.
+    """
+    shapes = {p.shape for p in preds}
+    if len(shapes) != 1:
+        raise UserError(
+            f"ensemble members predicted different windows (shapes {sorted(shapes)}); they need "
+            "the same inputs and windows on the same data"
+        )
+    phys = np.stack(
+        [s.unscale_target(p.astype(np.float64)) for p, s in zip(preds, scalers, strict=True)]
+    )  # [M, S, n_out] mm/day
+    out = {"mean": phys.mean(axis=0), "low": phys.min(axis=0), "high": phys.max(axis=0)}
+    return {k: into.scale_target(v) for k, v in out.items()}
+
+
+def members_vs_ensemble(
+    member_tables: dict[str, Any], ensemble_table, keys: Sequence[str], metrics=("nse", "kge")
+):
+    """Side-by-side per-basin scores: each member, the mean of the members, the ensemble.
+
+    Parameters
+    ----------
+    member_tables : dict
+        Member name (e.g. ``seed_1``) -> its metrics table (pandas.DataFrame).
+    ensemble_table : pandas.DataFrame
+        The ensemble's table, with the same ``keys`` rows.
+    keys : sequence of str
+        Columns that identify a row (``basin``, ``gauge_name``, ...), kept in front.
+    metrics : sequence of str
+        Score columns to put side by side.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``keys``, then per metric ``<metric>_<member>`` for each member,
+        ``<metric>_member_mean`` and ``<metric>_ensemble``.
+    """
+    out = ensemble_table[list(keys)].copy()
+    for metric in metrics:
+        cols = []
+        for name, table in member_tables.items():
+            col = f"{metric}_{name}"
+            merged = out[list(keys)].merge(table[[*keys, metric]], on=list(keys), how="left")
+            out[col] = merged[metric].to_numpy()
+            cols.append(col)
+        out[f"{metric}_member_mean"] = out[cols].mean(axis=1)
+        out[f"{metric}_ensemble"] = ensemble_table[metric].to_numpy()
+    return out
+
+
+class LogFile:
+    """Context manager: also log to ``path`` inside ``with LogFile(path):``; other log files
+    stay open (unlike :func:`close_log_files`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.handler: logging.FileHandler | None = None
+
+    def __enter__(self) -> Path:
+        self.handler = logging.FileHandler(self.path, encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(self.handler)
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        log.removeHandler(self.handler)
+        self.handler.close()
+
+
 # --------------------------------------------------------------------------- training engine
 # Shared by sca2lstm.py, fine_train.py and pso_lstm.py. The `windows` arguments are
 # hydrologyDataset.WindowData objects (duck-typed, so the imports keep flowing one way).
