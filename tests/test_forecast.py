@@ -437,6 +437,27 @@ def test_bad_lead_is_a_user_error(lead, model, needle, demo_dir, demo_workdir, r
     assert not out.exists()
 
 
+def test_ensemble_of_future_models_has_metrics_by_lead(
+    demo_dir, demo_workdir, pretrained_future, tmp_path
+):
+    twin = tmp_path / "twin.pth"
+    twin.write_bytes(pretrained_future.read_bytes())  # two equal members: the mean is either
+    result = predict.main(
+        predict_args(
+            demo_dir, demo_workdir, tmp_path / "out", "--ensemble", "--model",
+            str(pretrained_future), str(twin), "--basin", "22001", "--start", "2000-01-01",
+            "--end", "2000-02-29", "--lead", "3",
+        )
+    )  # fmt: skip
+    by_lead = pd.read_csv(result["run_dir"] / "metrics_by_lead.csv", dtype={"basin": str})
+    assert set(by_lead["model"]) == set(result["metrics"]["model"])  # ensemble and members
+    table = by_lead.set_index(["model", "lead"])["nse"].unstack("model")
+    assert list(table.index) == [1, 2, 3]
+    values = table.to_numpy()
+    np.testing.assert_allclose(values, np.repeat(values[:, :1], values.shape[1], 1), rtol=1e-6)
+    assert_png(result["run_dir"] / "skill_by_lead.png")
+
+
 def test_bad_lead_cli_exits_2_without_traceback(
     demo_dir, demo_workdir, pretrained_future, tmp_path
 ):
