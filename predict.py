@@ -641,6 +641,34 @@ def predictions_frame(run: ModelRun, data: InputData) -> pd.DataFrame:
     return frame.sort_values(["basin", "date", "lead"], kind="stable", ignore_index=True)
 
 
+def _missing_lag_note(run: ModelRun, b, s: dict, where: str) -> str | None:
+    """A warning when most forecasts were issued without an observed discharge on day t.
+
+    A forecast model reads the discharge observed when the forecast is issued; where it is
+    missing the model sees only its missing flag and the forcings, and the forecast is far
+    weaker than the scores of observed days suggest.
+    """
+    args = getattr(run.loaded.model, "args", None)
+    if (
+        run.loaded.spec.mode != "forecast"
+        or not getattr(args, "reads_q", True)
+        or not len(s["date"])
+    ):
+        return None
+    issued = (s["date"] - s["lead"].astype("timedelta64[D]") - b.start).astype(int)
+    column = b.column(run.loaded.spec.target)
+    lag = np.where(
+        (issued >= 0) & (issued < len(column)), column[issued.clip(0, len(column) - 1)], np.nan
+    )
+    share = float(np.mean(~np.isfinite(lag)))
+    if share <= 0.5:
+        return None
+    return (
+        f"{where}: {share:.0%} of the forecasts were issued on days without observed discharge; "
+        "they rest on the forcings alone, and the hydrograph shades the unobserved days"
+    )
+
+
 def coverage_notes(run: ModelRun, data: InputData, end: np.datetime64) -> list[str]:
     """Say where predictions are unscored forecasts, or stop before the end of the range."""
     notes = []
@@ -661,6 +689,10 @@ def coverage_notes(run: ModelRun, data: InputData, end: np.datetime64) -> list[s
             )
         if scored == 0:
             notes.append(f"{where}: no observed discharge in the range, so no metrics")
+        lag_note = _missing_lag_note(run, b, s, where)
+        if lag_note:
+            log.warning(lag_note)
+            notes.append(lag_note)
         last_pred = s["date"].max()
         if last_pred < end:
             notes.append(
@@ -767,6 +799,9 @@ def _score_line(row: pd.Series) -> str:
     )
     if np.isfinite(row.get("persistence_nse", np.nan)):
         line += f"  (persistence NSE {_fmt(row['persistence_nse'])})"
+    seen = row.get("days_seen_in_training", 0)
+    if pd.notna(seen) and int(seen) > 0:
+        line += f"  IN-SAMPLE: {int(seen)} scored days trained the model"
     return line
 
 
@@ -823,7 +858,21 @@ def plot_hydrograph(
     ax_p.bar(day, b.column("precipitation")[inside], width=1.0, color="tab:blue", linewidth=0)
     ax_p.invert_yaxis()
     ax_p.set_ylabel("precipitation\n(mm/day)")
-    ax_q.plot(day, b.column(target)[inside], color="black", lw=1.0, label="observed")
+    observed = b.column(target)[inside]
+    # observations drawn last, on top: a simulation never hides them
+    ax_q.plot(day, observed, color="black", lw=0.9, label="observed", zorder=5)
+    if (~np.isfinite(observed)).any():
+        ax_q.fill_between(
+            day,
+            0,
+            1,
+            where=~np.isfinite(observed),
+            transform=ax_q.get_xaxis_transform(),
+            color="0.85",
+            lw=0,
+            step="mid",
+            label="no observation: not scored",
+        )
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, (label, s) in enumerate(sims.items()):
         colour = colours[(k + 1) % len(colours)]
@@ -854,13 +903,14 @@ def plot_hydrograph(
             label=f"forecast issued {issued}, leads 1-{len(forecast)} (no observations, unscored)",
         )
     ax_q.set_ylabel("discharge (mm/day)")
+    ax_q.ticklabel_format(axis="y", style="plain", useOffset=False)  # a flat line looks flat
     if np.isfinite(b.area) and b.area > 0:
         factor = b.area * 1000.0 / 86400.0
         right = ax_q.secondary_yaxis(
             "right", functions=(lambda q: q * factor, lambda q: q / factor)
         )
         right.set_ylabel("discharge (m³/s)")
-    ax_q.legend(loc="upper right", fontsize=8)
+    ax_q.legend(loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=8)  # clear of the peaks
     _date_axis(ax_q)
     ax_q.set_xlabel("date")
     ax_p.set_title(title, fontsize=9)

@@ -188,3 +188,22 @@ def test_parallel_finetune_benchmark_runs_both_schedules(demo_dir, tmp_path):
     # every fine-tune of both schedules wrote its checkpoint
     assert len(list((tmp_path / "work" / "tune_1").rglob("best_model_basin_*.pth"))) == 4
     assert out.is_file()
+
+
+def test_forecasts_without_observed_history_are_flagged(
+    demo_dir, demo_workdir, pretrained_forecast, tmp_path, caplog
+):
+    import predict
+
+    # 10003 has no observed flow before 1983-05-19 (in the demo data as in CAMELS-GB)
+    args = [
+        "--data_dir", str(demo_dir), "--set", f"INPUT_DIR={demo_workdir / 'model_input_data'}",
+        "--output_dir", str(tmp_path / "out"), "--model", str(pretrained_forecast),
+        "--basin", "10003", "--start", "1981-01-01", "--end", "1981-12-31",
+    ]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="sca2lstm"):
+        result = predict.main(args)
+    assert any("of the forecasts were issued on days without observed discharge" in n
+               for n in result["notes"])  # fmt: skip
+    assert "rest on the forcings alone" in caplog.text
+    assert (result["run_dir"] / "hydrograph_10003.png").is_file()
