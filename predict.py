@@ -30,7 +30,8 @@ temporary folder and renamed at the end, so a failed run leaves no folder behind
 - ``operational_forecast.csv``, where the range reaches past the last observed discharge: the
   PRED_LEN days ahead of the newest data (issue date, lead, date, simulated flow), unscored.
 - ``config.yaml`` (resolved config) and ``predict.log``.
-- Per basin (first model, lead ``--lead``, default 1, in forecast mode): ``hydrograph_<id>.png``,
+- Per basin (first model, lead ``--lead``, default 1, in forecast mode): ``hydrograph_<id>.png``
+  (and ``hydrograph_<id>_zoom.png``, the year around the highest flow, for ranges over 2 years),
   ``scatter_<id>.png``, ``residuals_<id>.png``, ``fdc_<id>.png``; with ``--compare`` also
   ``compare_hydrograph_<id>.png``, ``model_comparison.png`` and ``error_distribution.png``.
 - ``--ensemble``: the ensemble (the mean of the members in mm/day) is the first model, then each
@@ -998,6 +999,16 @@ def plot_fdc(path: Path, s: dict, title: str) -> None:
     save_figure(fig, path)
 
 
+def zoom_window(s: dict, start: np.datetime64, end: np.datetime64, days: int = 365):
+    """The ``days`` around the highest observed flow, for ranges over two years (else None):
+    a decade of daily flow in one plot shows no single event."""
+    if (end - start).astype(int) <= 2 * days or not np.isfinite(s["obs"]).any():
+        return None
+    peak = s["date"][int(np.nanargmax(s["obs"]))]
+    lo = max(start, min(peak - np.timedelta64(days // 2, "D"), end - np.timedelta64(days - 1, "D")))
+    return lo, lo + np.timedelta64(days - 1, "D")
+
+
 def write_plots(
     runs: list[ModelRun],
     data: InputData,
@@ -1034,6 +1045,16 @@ def write_plots(
             target,
             own,
         )
+        zoom = zoom_window(s, start, end)
+        if zoom is not None:
+            plot_hydrograph(
+                out_dir / f"hydrograph_{basin}_zoom.png",
+                b,
+                *zoom,
+                {main_run.loaded.label: s},
+                f"{title}\nzoom: {zoom[0]}..{zoom[1]}, the year around the highest observed flow",
+                target,
+            )
         if int(row["n_scored"]) > 0:
             plot_scatter(out_dir / f"scatter_{basin}.png", s, title, log_scale)
             plot_residuals(out_dir / f"residuals_{basin}.png", s, title)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from demo_fixtures import demo_args
@@ -207,3 +208,20 @@ def test_forecasts_without_observed_history_are_flagged(
                for n in result["notes"])  # fmt: skip
     assert "rest on the forcings alone" in caplog.text
     assert (result["run_dir"] / "hydrograph_10003.png").is_file()
+
+
+def test_zoom_window_is_the_year_around_the_highest_flow():
+    import predict
+
+    dates = np.arange(np.datetime64("1998-01-01"), np.datetime64("2008-12-31") + 1)
+    obs = np.ones(dates.size)
+    obs[dates == np.datetime64("2003-02-10")] = 50.0
+    s = {"date": dates, "obs": obs}
+    lo, hi = predict.zoom_window(s, dates[0], dates[-1])
+    assert (hi - lo).astype(int) == 364 and lo <= np.datetime64("2003-02-10") <= hi
+    # near the end of the range the year stays inside it
+    obs[:] = 1.0
+    obs[-3] = 9.0
+    lo, hi = predict.zoom_window(s, dates[0], dates[-1])
+    assert hi == dates[-1] and (hi - lo).astype(int) == 364
+    assert predict.zoom_window(s, dates[0], dates[600]) is None  # two years or less: no zoom
