@@ -225,3 +225,48 @@ def test_zoom_window_is_the_year_around_the_highest_flow():
     lo, hi = predict.zoom_window(s, dates[0], dates[-1])
     assert hi == dates[-1] and (hi - lo).astype(int) == 364
     assert predict.zoom_window(s, dates[0], dates[600]) is None  # two years or less: no zoom
+
+
+def test_predict_records_the_checkpoints_settings_not_run_configs(
+    demo_dir, demo_workdir, pretrained_simulate, tmp_path, caplog
+):
+    import yaml
+
+    import predict
+
+    saved = load_checkpoint(pretrained_simulate)["config"]
+    assert (saved["MODE"], saved["SEQ_LEN"]) != (load_config()["MODE"], load_config()["SEQ_LEN"])
+    args = [
+        "--data_dir", str(demo_dir), "--set", f"INPUT_DIR={demo_workdir / 'model_input_data'}",
+        "--output_dir", str(tmp_path / "out"), "--model", str(pretrained_simulate),
+        "--basin", "22001", "--start", "2000-01-01", "--end", "2000-03-31", "--no_plots",
+    ]  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="sca2lstm"):
+        run_dir = predict.main(args)["run_dir"]
+    written = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert (written["MODE"], written["SEQ_LEN"]) == ("simulate", saved["SEQ_LEN"])
+    assert f"simulate mode, SEQ_LEN {saved['SEQ_LEN']}" in caplog.text  # the short config line
+    assert "resolved config: {" not in caplog.text  # the whole config lives in config.yaml
+
+
+def test_pso_plot_in_the_training_period_says_in_sample_and_logs_each_line_once(
+    demo_dir, demo_workdir, tmp_path, caplog
+):
+    import pso_lstm
+
+    args = [
+        "--data_dir", str(demo_dir), "--set", f"INPUT_DIR={demo_workdir / 'model_input_data'}",
+        "--output_dir", str(tmp_path / "pso"), "--basin_id", "22001", "--no_pso",
+        "--final_epochs", "1", "--hidden_size", "8", "--time_steps", "3", "--device", "cpu",
+        "--set", "TRAIN_START=1985-01-01", "--set", "TRAIN_END=1986-12-31",
+        "--set", "VAL_START=1984-01-01", "--set", "VAL_END=1984-12-31",
+        "--set", "TEST_START=1987-01-01", "--set", "TEST_END=1987-12-31",
+        "--plot_prediction", "--start", "1986-01-01", "--end", "1986-06-30",
+    ]  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="sca2lstm"):
+        result = pso_lstm.main(args)
+    assert "181 of the 181 plotted days lie in the training period" in caplog.text
+    assert caplog.text.count("PSO dimensions") == 1
+    assert caplog.text.count("USE_COMPILE is on but applies to CUDA devices only") <= 1
+    run = result["basins"]["22001"]["run_dir"]
+    assert (run / "prediction.png").is_file()
