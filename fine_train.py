@@ -562,15 +562,8 @@ def _cudnn_guard(job: FineTuneJob):
     return contextlib.nullcontext()
 
 
-def fine_tune(job: FineTuneJob, run_dir: Path) -> dict:
-    """Fine-tune ``job.model`` and write the run's files into ``run_dir``.
-
-    Returns
-    -------
-    dict
-        ``run_dir``, ``checkpoint``, ``metrics`` (DataFrame: period x zero_shot/fine_tuned),
-        ``summary``, ``history``, ``split``, ``best_epoch``.
-    """
+def describe(job: FineTuneJob, run_dir: Path) -> None:
+    """Write the run's config and feature split, and log what the run will do."""
     basin, config, model, spec, split = job.basin, job.config, job.model, job.spec, job.split
     b = job.data.basins[basin]
     log.info("run folder %s", run_dir)
@@ -641,6 +634,12 @@ def fine_tune(job: FineTuneJob, run_dir: Path) -> dict:
     if job.test is None:
         log.warning("basin %s has no valid record in the test period: no test scores", basin)
 
+
+def train(job: FineTuneJob, run_dir: Path):
+    """Score the pretrained model, fine-tune, and keep the pretrained weights if no epoch beat
+    them on the validation block. Returns ``(result, best_epoch, zero, zero_val_nse, history_doc)``.
+    """
+    basin, config, model, split = job.basin, job.config, job.model, job.split
     settings = TrainSettings.from_config(config, job.device)
     eval_batch = eval_batch_size(settings.batch_size)
     zero = score(job, eval_batch, "zero_shot")
@@ -676,6 +675,15 @@ def fine_tune(job: FineTuneJob, run_dir: Path) -> dict:
         )
         model.load_state_dict(pretrained_state)
         best_epoch = 0
+    return result, best_epoch, zero, zero_val_nse, history_doc
+
+
+def report(job: FineTuneJob, run_dir: Path, result, best_epoch, zero, zero_val_nse, history_doc):
+    """Score the fine-tuned model; write the tables, history, plot and the checkpoint."""
+    basin, config, model, spec, split = job.basin, job.config, job.model, job.spec, job.split
+    b = job.data.basins[basin]
+    eval_batch = eval_batch_size(TrainSettings.from_config(config, job.device).batch_size)
+    history_path = run_dir / "finetune_history.json"
     tuned = score(job, eval_batch, "fine_tuned")
     metrics = pd.concat([zero, tuned], ignore_index=True)
     if job.data.synthetic:
@@ -749,6 +757,19 @@ def fine_tune(job: FineTuneJob, run_dir: Path) -> dict:
         "split": split.to_dict(),
         "best_epoch": best_epoch,
     }
+
+
+def fine_tune(job: FineTuneJob, run_dir: Path) -> dict:
+    """Fine-tune ``job.model`` and write the run's files into ``run_dir``.
+
+    Returns
+    -------
+    dict
+        ``run_dir``, ``checkpoint``, ``metrics`` (DataFrame: period x zero_shot/fine_tuned),
+        ``summary``, ``history``, ``split``, ``best_epoch``.
+    """
+    describe(job, run_dir)
+    return report(job, run_dir, *train(job, run_dir))
 
 
 # --------------------------------------------------------------------------- hyperparameter search
