@@ -864,8 +864,7 @@ class WindowData:
         self.spec, self.scalers, self.basins = spec, scalers, list(basins)
         self.start, self.end = np.datetime64(start, "D"), np.datetime64(end, "D")
         spec.check(data)
-        L, pad = spec.seq_len, spec.pred_len if spec.mode == "forecast" else 0
-        F = spec.future_len
+        L, F = spec.seq_len, spec.future_len
         known = [spec.forcings.index(c) for c in spec.future_inputs]
         xs, ys, ends, owners, masks, periods, day0 = [], [], [], [], [], [], []
         offset = 0
@@ -875,56 +874,9 @@ class WindowData:
         fstd = np.array([scalers.dynamic_std[spec.dynamic_inputs.index(c)] for c in spec.forcings])
         for k, basin in enumerate(self.basins):
             b = data.basins[basin]
-            if b.end < self.start or b.start > self.end:
-                raise UserError(
-                    f"the period {self.start}..{self.end} lies outside the data of basin {basin} "
-                    f"({b.start}..{b.end}); choose dates inside it"
-                )
-            T = len(b.values)
-            forc = (
-                np.stack([b.column(c) for c in spec.forcings], axis=1)
-                if spec.forcings
-                else (np.zeros((T, 0), np.float32))
+            x, q, t, keep, observed, in_period = self._basin_windows(
+                b, fmean, fstd, known, need_target, stride
             )
-            forc = ((forc - fmean) / fstd).astype(np.float32)
-            q = scalers.scale_target(b.column(spec.target).astype(np.float64)).astype(np.float32)
-            q_seen = np.isfinite(q)
-            ok = np.isfinite(forc).all(axis=1)
-            known_ok = np.concatenate(
-                [np.isfinite(forc[:, known]).all(axis=1), np.zeros(pad, bool)]
-            )
-            if spec.mode == "forecast":
-                x = np.concatenate([forc, np.where(q_seen, q, 0)[:, None], (~q_seen)[:, None]], 1)
-            else:
-                x = forc
-            x = np.nan_to_num(x, nan=0.0).astype(np.float32)
-            # Forecasts can reach past the last row: pad P rows of missing inputs and targets.
-            x = np.concatenate([x, np.zeros((pad, x.shape[1]), np.float32)])
-            q = np.concatenate([q, np.full(pad, np.nan, np.float32)])
-            ok = np.concatenate([ok, np.zeros(pad, bool)])
-            # Window ending at t is complete when no bad day lies in t-L+1..t.
-            bad = np.concatenate([[0], np.cumsum(~ok)])
-            t = np.arange(L - 1, T)
-            complete = (bad[t + 1] - bad[t + 1 - L]) == 0
-            if F:
-                # Future inputs: the known forcings of t+1..t+F must be present too.
-                bad_known = np.concatenate([[0], np.cumsum(~known_ok)])
-                complete &= (bad_known[t + 1 + F] - bad_known[t + 1]) == 0
-            dates = b.start + np.arange(T + pad).astype("timedelta64[D]")
-            if spec.mode == "forecast":
-                target_rows = t[:, None] + np.arange(1, spec.pred_len + 1)
-            else:
-                target_rows = t[:, None] + np.arange(-spec.predict_last_n + 1, 1)
-            in_period = (dates[target_rows] >= self.start) & (dates[target_rows] <= self.end)
-            observed = np.isfinite(q[target_rows]) & in_period
-            if need_target:
-                keep = complete & observed.any(axis=1)
-            else:
-                first = dates[target_rows[:, -1 if spec.mode == "simulate" else 0]]
-                keep = complete & (first >= self.start) & (first <= self.end)
-            if stride > 1:
-                last = int((min(self.end, b.end + pad) - b.start).astype(int))
-                keep &= (last - t) % stride == 0
             xs.append(x)
             ys.append(np.nan_to_num(q, nan=0.0))
             ends.append(offset + t[keep])
@@ -959,6 +911,65 @@ class WindowData:
             self._targets = torch.arange(1, spec.pred_len + 1, device=self.device)
         else:
             self._targets = torch.arange(-spec.predict_last_n + 1, 1, device=self.device)
+
+    def _basin_windows(self, b: BasinData, fmean, fstd, known, need_target: bool, stride: int):
+        """One basin's scaled inputs and targets, and which windows are complete and kept.
+
+        Returns ``(x [T+P, C], q [T+P], t [W], keep [W], observed [W, n_out],
+        in_period [W, n_out])``: ``t`` is each window's last input day (row).
+        """
+        spec, scalers, basin = self.spec, self.scalers, b.basin
+        L, pad = spec.seq_len, spec.pred_len if spec.mode == "forecast" else 0
+        F = spec.future_len
+        if b.end < self.start or b.start > self.end:
+            raise UserError(
+                f"the period {self.start}..{self.end} lies outside the data of basin {basin} "
+                f"({b.start}..{b.end}); choose dates inside it"
+            )
+        T = len(b.values)
+        forc = (
+            np.stack([b.column(c) for c in spec.forcings], axis=1)
+            if spec.forcings
+            else (np.zeros((T, 0), np.float32))
+        )
+        forc = ((forc - fmean) / fstd).astype(np.float32)
+        q = scalers.scale_target(b.column(spec.target).astype(np.float64)).astype(np.float32)
+        q_seen = np.isfinite(q)
+        ok = np.isfinite(forc).all(axis=1)
+        known_ok = np.concatenate([np.isfinite(forc[:, known]).all(axis=1), np.zeros(pad, bool)])
+        if spec.mode == "forecast":
+            x = np.concatenate([forc, np.where(q_seen, q, 0)[:, None], (~q_seen)[:, None]], 1)
+        else:
+            x = forc
+        x = np.nan_to_num(x, nan=0.0).astype(np.float32)
+        # Forecasts can reach past the last row: pad P rows of missing inputs and targets.
+        x = np.concatenate([x, np.zeros((pad, x.shape[1]), np.float32)])
+        q = np.concatenate([q, np.full(pad, np.nan, np.float32)])
+        ok = np.concatenate([ok, np.zeros(pad, bool)])
+        # Window ending at t is complete when no bad day lies in t-L+1..t.
+        bad = np.concatenate([[0], np.cumsum(~ok)])
+        t = np.arange(L - 1, T)
+        complete = (bad[t + 1] - bad[t + 1 - L]) == 0
+        if F:
+            # Future inputs: the known forcings of t+1..t+F must be present too.
+            bad_known = np.concatenate([[0], np.cumsum(~known_ok)])
+            complete &= (bad_known[t + 1 + F] - bad_known[t + 1]) == 0
+        dates = b.start + np.arange(T + pad).astype("timedelta64[D]")
+        if spec.mode == "forecast":
+            target_rows = t[:, None] + np.arange(1, spec.pred_len + 1)
+        else:
+            target_rows = t[:, None] + np.arange(-spec.predict_last_n + 1, 1)
+        in_period = (dates[target_rows] >= self.start) & (dates[target_rows] <= self.end)
+        observed = np.isfinite(q[target_rows]) & in_period
+        if need_target:
+            keep = complete & observed.any(axis=1)
+        else:
+            first = dates[target_rows[:, -1 if spec.mode == "simulate" else 0]]
+            keep = complete & (first >= self.start) & (first <= self.end)
+        if stride > 1:
+            last = int((min(self.end, b.end + pad) - b.start).astype(int))
+            keep &= (last - t) % stride == 0
+        return x, q, t, keep, observed, in_period
 
     def __len__(self) -> int:
         return int(self.sample_end.numel())

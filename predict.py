@@ -1441,11 +1441,33 @@ def _publish(tmp: Path, parent: Path) -> Path:
     return final
 
 
-def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
-    """Everything after the arguments: check all input, predict, then write the run folder."""
-    device = resolve_device(args.device, config=config)
-    log_device(device)
-    inference = InferenceSettings.from_config(config, device)
+@dataclass
+class PredictJob:
+    """Everything :func:`prepare` checked and loaded; no file written yet."""
+
+    args: argparse.Namespace
+    config: dict
+    device: torch.device
+    inference: InferenceSettings
+    models: list[LoadedModel]
+    members: list[Path]
+    manifest: Path | None
+    paths: list[Path]
+    lead: int
+    start: np.datetime64
+    end: np.datetime64
+    data_dir: Path
+    basins: list[str]
+    data: InputData
+    synthetic: bool
+
+    @property
+    def tag(self) -> str:
+        return "  [SYNTHETIC DATA]" if self.synthetic else ""
+
+
+def _load_models(args: argparse.Namespace, device) -> tuple[list, list, Path | None, list]:
+    """The checkpoints of --model/--ensemble and --compare, loaded and labelled."""
     members, manifest = ensemble_members(args)
     paths = members or [resolve_checkpoint(args.model, "--model")]
     paths += [resolve_checkpoint([p], "--compare") for p in args.compare or []]
@@ -1457,6 +1479,15 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
         )
     if members:
         check_ensemble_members([(lm.path, lm.ckpt) for lm in models[: len(members)]])
+    return models, members, manifest, paths
+
+
+def prepare(args: argparse.Namespace, config: dict) -> PredictJob:
+    """Check every input and load the models and the data; writes nothing."""
+    device = resolve_device(args.device, config=config)
+    log_device(device)
+    inference = InferenceSettings.from_config(config, device)
+    models, members, manifest, paths = _load_models(args, device)
     first = models[0]
     # What the run did is the checkpoint's model, inputs, windows and periods, not run.config's.
     saved = first.ckpt.get("config") or {}
@@ -1483,10 +1514,17 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
     data_config = {**config, "DYNAMIC_INPUTS": dynamic, "TARGET": targets.pop()}
     data = load_input_data(data_config, data_dir, basins)
     synthetic = data.synthetic or any(lm.synthetic for lm in models)
-    tag = "  [SYNTHETIC DATA]" if synthetic else ""
-    if synthetic:
+    return PredictJob(
+        args, config, device, inference, models, members, manifest, paths, lead, start, end,
+        data_dir, basins, data, synthetic,
+    )  # fmt: skip
+
+
+def run(job: PredictJob) -> dict:
+    """Predict with every model and build the tables (in memory)."""
+    if job.synthetic:
         log.warning("SYNTHETIC demo data or model: the scores say nothing about real catchments")
-    for lm in models:
+    for lm in job.models:
         if lm.spec.future_inputs:
             log.info(
                 "model %s knows %s over the %d lead days; %s",
@@ -1497,30 +1535,40 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
             )
     log.info(
         "predicting %d basin(s) over %s..%s with %d model(s) on %s",
-        len(basins),
-        start,
-        end,
-        len(models),
-        device,
+        len(job.basins),
+        job.start,
+        job.end,
+        len(job.models),
+        job.device,
     )
-    batch_size = eval_batch_size(config["BATCH_SIZE"])
-    runs = [run_model(lm, data, basins, start, end, device, batch_size, inference) for lm in models]
-    if members:
-        source = manifest or Path(os.path.commonpath([str(p.resolve()) for p in members]))
-        runs.insert(0, ensemble_run(runs[: len(members)], data, basins, batch_size, source))
-    notes = [note for run in runs for note in coverage_notes(run, data, end)]
+    data, batch_size = job.data, eval_batch_size(job.config["BATCH_SIZE"])
+    runs = [
+        run_model(lm, data, job.basins, job.start, job.end, job.device, batch_size, job.inference)
+        for lm in job.models
+    ]
+    if job.members:
+        source = job.manifest or Path(os.path.commonpath([str(p.resolve()) for p in job.members]))
+        runs.insert(0, ensemble_run(runs[: len(job.members)], data, job.basins, batch_size, source))
+    notes = [note for run_ in runs for note in coverage_notes(run_, data, job.end)]
     for note in notes:
         log.info("note: %s", note)
-    metrics = pd.concat([run.metrics for run in runs], ignore_index=True)
-    predictions = pd.concat([predictions_frame(run, data) for run in runs], ignore_index=True)
-    leads = [run.by_lead for run in runs if run.by_lead is not None]
-    by_lead = pd.concat(leads, ignore_index=True) if leads else None
-    ahead = [f for f in (operational_forecast(run, data) for run in runs) if len(f)]
-    forecast = pd.concat(ahead, ignore_index=True) if ahead else pd.DataFrame()
-    for frame in (metrics, predictions, by_lead, forecast):
-        if synthetic and frame is not None and len(frame):
+    leads = [r.by_lead for r in runs if r.by_lead is not None]
+    ahead = [f for f in (operational_forecast(r, data) for r in runs) if len(f)]
+    tables = {
+        "metrics": pd.concat([r.metrics for r in runs], ignore_index=True),
+        "predictions": pd.concat([predictions_frame(r, data) for r in runs], ignore_index=True),
+        "by_lead": pd.concat(leads, ignore_index=True) if leads else None,
+        "forecast": pd.concat(ahead, ignore_index=True) if ahead else pd.DataFrame(),
+    }
+    for frame in tables.values():
+        if job.synthetic and frame is not None and len(frame):
             frame.insert(0, "data", "SYNTHETIC")
-    log_operational(forecast)
+    log_operational(tables["forecast"])
+    _log_scores(tables["metrics"])
+    return {"runs": runs, "notes": notes, "batch_size": batch_size, **tables}
+
+
+def _log_scores(metrics: pd.DataFrame) -> None:
     for _, row in metrics.iterrows():
         seen = int(row["days_seen_in_training"])
         log.info(
@@ -1537,52 +1585,68 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
             "model, so they overstate its skill; score the test period for an honest figure"
         )
 
-    parent = output_root(config) / "predict"
+
+def _metrics_doc(job: PredictJob, result: dict) -> dict:
+    models = job.models
+    return {
+        "data": "SYNTHETIC" if job.synthetic else "CAMELS-GB",
+        "data_dir": str(job.data_dir),
+        "start": str(job.start),
+        "end": str(job.end),
+        "basins": job.basins,
+        "models": [
+            {
+                "label": lm.label,
+                "checkpoint": str(lm.path),
+                "model_class": lm.model_class,
+                "stage": lm.ckpt.get("stage"),
+                "mode": lm.spec.mode,
+                "seq_len": lm.spec.seq_len,
+                "pred_len": lm.spec.pred_len,
+                "future_inputs": list(lm.spec.future_inputs),
+                "synthetic_data": lm.synthetic,
+            }
+            for lm in models
+        ],
+        "notes": result["notes"]
+        + ([HINDCAST_NOTE] if any(lm.spec.future_inputs for lm in models) else []),
+        "ensemble": (
+            ensemble_summary(result["runs"][0], models[: len(job.members)]) if job.members else None
+        ),
+        "metrics": result["metrics"].to_dict(orient="records"),
+    }
+
+
+def report(job: PredictJob, result: dict, backlog: _Backlog) -> Path:
+    """Write the run folder: built hidden, renamed at the end, so a failure leaves none."""
+    args, tag = job.args, job.tag
+    parent = output_root(job.config) / "predict"
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".predict-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
         _open_log(tmp / "predict.log", backlog)
-        write_yaml(tmp / "config.yaml", config)
-        write_csv(tmp / "predictions.csv", predictions)
-        write_csv(tmp / "metrics.csv", metrics)
-        if by_lead is not None:
-            write_csv(tmp / "metrics_by_lead.csv", by_lead)
-        if len(forecast):
-            write_csv(tmp / "operational_forecast.csv", forecast)
-        write_json(
-            tmp / "metrics.json",
-            {
-                "data": "SYNTHETIC" if synthetic else "CAMELS-GB",
-                "data_dir": str(data_dir),
-                "start": str(start),
-                "end": str(end),
-                "basins": basins,
-                "models": [
-                    {
-                        "label": lm.label,
-                        "checkpoint": str(lm.path),
-                        "model_class": lm.model_class,
-                        "stage": lm.ckpt.get("stage"),
-                        "mode": lm.spec.mode,
-                        "seq_len": lm.spec.seq_len,
-                        "pred_len": lm.spec.pred_len,
-                        "future_inputs": list(lm.spec.future_inputs),
-                        "synthetic_data": lm.synthetic,
-                    }
-                    for lm in models
-                ],
-                "notes": notes
-                + ([HINDCAST_NOTE] if any(lm.spec.future_inputs for lm in models) else []),
-                "ensemble": ensemble_summary(runs[0], models[: len(members)]) if members else None,
-                "metrics": metrics.to_dict(orient="records"),
-            },
-        )
+        write_yaml(tmp / "config.yaml", job.config)
+        write_csv(tmp / "predictions.csv", result["predictions"])
+        write_csv(tmp / "metrics.csv", result["metrics"])
+        if result["by_lead"] is not None:
+            write_csv(tmp / "metrics_by_lead.csv", result["by_lead"])
+        if len(result["forecast"]):
+            write_csv(tmp / "operational_forecast.csv", result["forecast"])
+        write_json(tmp / "metrics.json", _metrics_doc(job, result))
+        runs = result["runs"]
         if args.export_weights:
-            export_channel_weights(first, runs[0].windows, data, tmp, batch_size, tag)
+            export_channel_weights(
+                job.models[0], runs[0].windows, job.data, tmp, result["batch_size"], tag
+            )
         if not args.no_plots:
-            write_plots(runs, data, start, end, tmp, args.log_scale, tag, lead, forecast)
-            write_summary_plots(runs, by_lead, tmp, lead, f"{start}..{end}{tag}")
+            write_plots(
+                runs, job.data, job.start, job.end, tmp, args.log_scale, tag, job.lead,
+                result["forecast"],
+            )  # fmt: skip
+            write_summary_plots(
+                runs, result["by_lead"], tmp, job.lead, f"{job.start}..{job.end}{tag}"
+            )
         close_log_files()
         run_dir = _publish(tmp, parent)
     except BaseException:
@@ -1591,12 +1655,20 @@ def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
         raise
     _open_log(run_dir / "predict.log")
     log.info("outputs in %s", run_dir)
+    return run_dir
+
+
+def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
+    """Everything after the arguments: check all input, predict, then write the run folder."""
+    job = prepare(args, config)
+    result = run(job)
+    run_dir = report(job, result, backlog)
     return {
         "run_dir": run_dir,
-        "metrics": metrics,
-        "predictions": predictions,
-        "checkpoints": paths,
-        "notes": notes,
+        "metrics": result["metrics"],
+        "predictions": result["predictions"],
+        "checkpoints": job.paths,
+        "notes": result["notes"],
     }
 
 

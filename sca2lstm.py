@@ -738,106 +738,54 @@ def prepare_pretrain(
     return PretrainJob(config, spec, data, scalers, groups, train, val, model, settings)
 
 
-def pretrain(
-    config: dict,
-    data_dir: Path,
-    device: torch.device,
-    run_dir: Path,
-    resume_dir: Path | None = None,
-    dry_run: bool = False,
-    publish: bool = True,
-) -> dict:
-    """Train SCA2LSTM on TRAIN_BASINS, early-stop on VAL_BASINS, score on the test period.
-
-    ``publish=False`` leaves ``model_output/sca2lstm.pth`` alone (an ensemble's members: the
-    ensemble run writes it once, see :func:`train_ensemble`).
-
-    Returns
-    -------
-    dict
-        ``run_dir``, ``checkpoint`` (best), ``history`` and per-basin ``metrics`` (DataFrame).
-    """
-    started = _pointer_stamp(output_root(config) / "sca2lstm.pth")
-    job = prepare_pretrain(config, data_dir, device, dry_run=dry_run)
-    spec, data, scalers, groups = job.spec, job.data, job.scalers, job.groups
-    train, val, model, settings = job.train, job.val, job.model, job.settings
-    if distributed_rank()[0] == 0:
-        write_json(run_dir / "feature_classification.json", spec.feature_classification())
-
+def train_pretrain(job: PretrainJob, device, run_dir: Path, resume_dir: Path | None):
+    """Train with early stopping; every epoch writes last_model.pth, best_model.pth (when best)
+    and history.csv, so an interrupted run resumes. Returns the FitResult."""
+    config, spec, scalers, data = job.config, job.spec, job.scalers, job.data
     resume_state = None
     if resume_dir is not None:
         last = load_checkpoint(resume_dir / "last_model.pth")
-        if last.get("model_args") != asdict(model.args):
+        if last.get("model_args") != asdict(job.model.args):
             raise UserError(f"{resume_dir} was trained with another model shape; start a new run")
         resume_state = last["training_state"]
 
-    def on_epoch(record, model_, is_best, state) -> None:
+    def payload(model_, record, extra) -> dict:
         metrics = {"val_nse": record["val_nse"], "epoch": record["epoch"]}
+        return checkpoint_payload(
+            model_, config, spec, scalers, data, "pretrain", record["epoch"], metrics, extra=extra
+        )
+
+    def on_epoch(record, model_, is_best, state) -> None:
         extra = {"history": state["history"]}
         if is_best:
-            save_checkpoint(
-                run_dir / "best_model.pth",
-                checkpoint_payload(
-                    model_,
-                    config,
-                    spec,
-                    scalers,
-                    data,
-                    "pretrain",
-                    record["epoch"],
-                    metrics,
-                    extra=extra,
-                ),
-            )
+            save_checkpoint(run_dir / "best_model.pth", payload(model_, record, extra))
         save_checkpoint(
             run_dir / "last_model.pth",
-            checkpoint_payload(
-                model_,
-                config,
-                spec,
-                scalers,
-                data,
-                "pretrain",
-                record["epoch"],
-                metrics,
-                extra={**extra, "training_state": state},
-            ),
+            payload(model_, record, {**extra, "training_state": state}),
         )
         import pandas as pd
 
         write_csv(run_dir / "history.csv", pd.DataFrame(state["history"]))
 
-    result = fit(model, train, val, settings, device, on_epoch=on_epoch, resume=resume_state)
-    tag = "  [SYNTHETIC DATA]" if data.synthetic else ""
-    if distributed_rank()[0] != 0:
-        # Data-parallel run: the other processes are done; rank 0 scores and writes.
-        return {
-            "run_dir": run_dir,
-            "checkpoint": run_dir / "best_model.pth",
-            "history": result.history,
-            "metrics": None,
-            "device": str(device),
-        }
-    plot_training_curve(
-        result.history,
-        run_dir / "training_curve.png",
-        f"SCA2LSTM pretraining ({spec.mode}, {len(groups['train'])} basins){tag}",
+    return fit(
+        job.model, job.train, job.val, job.settings, device, on_epoch=on_epoch, resume=resume_state
     )
 
-    # Score validation and test basins on the test period with the best weights.
+
+def score_test_period(job: PretrainJob, device, run_dir: Path) -> tuple:
+    """Score the validation and test basins on the test period with the best weights; write the
+    tables and the channel weights. Returns ``(metrics, unseen NSE)``."""
+    config, spec, scalers, data, groups = job.config, job.spec, job.scalers, job.data, job.groups
+    tag = "  [SYNTHETIC DATA]" if data.synthetic else ""
     scored = list(dict.fromkeys(groups["validation"] + groups["test"]))
     group_of = {b: "validation" for b in groups["validation"]}
     group_of.update({b: "test" for b in groups["test"]})
     test = WindowData(
-        data,
-        spec,
-        scalers,
-        scored,
-        *period(config, "test"),
-        device=device,
+        data, spec, scalers, scored, *period(config, "test"), device=device,
         stride=spec.eval_stride,
-    )
-    pred = predict_windows(model, test, batch_size=eval_batch_size(settings.batch_size))
+    )  # fmt: skip
+    batch = eval_batch_size(job.settings.batch_size)
+    pred = predict_windows(job.model, test, batch_size=batch)
     metrics = basin_metrics_table(test, pred, data, group_of)
     # Validation basins are often training basins too: their test-period days are unseen, but
     # the basin is not. Say which is which, in the table and in the log.
@@ -848,31 +796,15 @@ def pretrain(
     if spec.mode == "forecast":
         by_lead = lead_metrics_table(test, pred, data, group_of)
         write_csv(run_dir / "metrics_by_lead_test_period.csv", by_lead)
-    weights = channel_weight_table(model, test, data, eval_batch_size(settings.batch_size))
+    weights = channel_weight_table(job.model, test, data, batch)
     write_csv(run_dir / "channel_weights.csv", weights)
     plot_channel_weights(
         weights, run_dir / "channel_weights.png", f"SCA2LSTM mean channel weights, test period{tag}"
     )
-    unseen = metrics.loc[~metrics["trained_on"], "nse"]
-    summary = {
-        "median_test_nse": float(np.nanmedian(metrics["nse"])),
-        "median_test_nse_unseen_basins": float(np.nanmedian(unseen)) if len(unseen) else None,
-        "best_epoch": result.best_epoch,
-        "best_val_nse": result.best_score,
-    }
-    best = checkpoint_payload(
-        model,
-        config,
-        spec,
-        scalers,
-        data,
-        "pretrain",
-        result.best_epoch,
-        {**summary, "per_basin": metrics.to_dict(orient="records")},
-        extra={"history": result.history},
-    )
-    save_checkpoint(run_dir / "best_model.pth", best)
-    pointer = publish_pointer(best, config, run_dir, started, dry_run) if publish else None
+    return metrics, metrics.loc[~metrics["trained_on"], "nse"]
+
+
+def _log_test_scores(metrics, unseen, summary: dict, run_dir: Path, pointer) -> None:
     for _, row in metrics.iterrows():
         extra = (
             f"  persistence NSE {row['persistence_nse']:.3f}" if "persistence_nse" in row else ""
@@ -894,17 +826,68 @@ def pretrain(
         len(unseen),
         summary["median_test_nse"],
         len(metrics),
-        result.best_epoch,
+        summary["best_epoch"],
         run_dir / "best_model.pth",
         f" and {pointer}" if pointer else "",
     )
-    return {
-        "run_dir": run_dir,
-        "checkpoint": run_dir / "best_model.pth",
-        "history": result.history,
-        "metrics": metrics,
-        "device": str(device),
+
+
+def pretrain(
+    config: dict,
+    data_dir: Path,
+    device: torch.device,
+    run_dir: Path,
+    resume_dir: Path | None = None,
+    dry_run: bool = False,
+    publish: bool = True,
+) -> dict:
+    """Train SCA2LSTM on TRAIN_BASINS, early-stop on VAL_BASINS, score on the test period.
+
+    ``publish=False`` leaves ``model_output/sca2lstm.pth`` alone (an ensemble's members: the
+    ensemble run writes it once, see :func:`train_ensemble`).
+
+    Returns
+    -------
+    dict
+        ``run_dir``, ``checkpoint`` (best), ``history`` and per-basin ``metrics`` (DataFrame).
+    """
+    started = _pointer_stamp(output_root(config) / "sca2lstm.pth")
+    job = prepare_pretrain(config, data_dir, device, dry_run=dry_run)
+    if distributed_rank()[0] == 0:
+        write_json(run_dir / "feature_classification.json", job.spec.feature_classification())
+    result = train_pretrain(job, device, run_dir, resume_dir)
+    out = {"run_dir": run_dir, "checkpoint": run_dir / "best_model.pth", "history": result.history}
+    if distributed_rank()[0] != 0:
+        # Data-parallel run: the other processes are done; rank 0 scores and writes.
+        return {**out, "metrics": None, "device": str(device)}
+    tag = "  [SYNTHETIC DATA]" if job.data.synthetic else ""
+    plot_training_curve(
+        result.history,
+        run_dir / "training_curve.png",
+        f"SCA2LSTM pretraining ({job.spec.mode}, {len(job.groups['train'])} basins){tag}",
+    )
+    metrics, unseen = score_test_period(job, device, run_dir)
+    summary = {
+        "median_test_nse": float(np.nanmedian(metrics["nse"])),
+        "median_test_nse_unseen_basins": float(np.nanmedian(unseen)) if len(unseen) else None,
+        "best_epoch": result.best_epoch,
+        "best_val_nse": result.best_score,
     }
+    best = checkpoint_payload(
+        job.model,
+        job.config,
+        job.spec,
+        job.scalers,
+        job.data,
+        "pretrain",
+        result.best_epoch,
+        {**summary, "per_basin": metrics.to_dict(orient="records")},
+        extra={"history": result.history},
+    )
+    save_checkpoint(run_dir / "best_model.pth", best)
+    pointer = publish_pointer(best, job.config, run_dir, started, dry_run) if publish else None
+    _log_test_scores(metrics, unseen, summary, run_dir, pointer)
+    return {**out, "metrics": metrics, "device": str(device)}
 
 
 # --------------------------------------------------------------------------- hyperparameter search
@@ -1322,17 +1305,11 @@ def ensemble_main(
         close_log_files()
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    """Command-line entry point; returns what :func:`pretrain` returns (with ``--search_only``:
-    the search results)."""
-    args = build_parser().parse_args(argv)
-    config = resolve_pretrain_config(args)
-    setup_logging()
-    ensure_writable(output_root(config), "the output folder")
-    data_dir = resolve_data_dir(args.data_dir, config, demo=args.demo)
-    device = resolve_device(args.device, args.no_cuda, config)
-    if args.ensemble is not None or args.seeds is not None or is_ensemble_run(args.resume):
-        return ensemble_main(args, config, data_dir, device)
+def _parallel_setup(args: argparse.Namespace, device, argv) -> tuple:
+    """``--parallel``: join the torchrun process group, or start torchrun on several GPUs.
+
+    Returns ``(device, rank, world)``.
+    """
     rank, world = 0, int(os.environ.get("WORLD_SIZE", "1"))
     if args.parallel and world > 1:
         device = init_distributed(device)
@@ -1365,6 +1342,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         )
     elif world > 1:
         raise UserError("started by torchrun with several processes: add --parallel")
+    return device, rank, world
+
+
+def _search_first(args: argparse.Namespace, config: dict, data_dir: Path, device) -> tuple:
+    """``--enable_hyperopt`` / ``--window_sizes``: run the search; the config of the final model
+    (the best trial's) and the search results, or ``(config, None)`` without a search."""
     search = None
     if args.search_only and not (config["ENABLE_HYPEROPT"] or args.window_sizes):
         raise UserError(
@@ -1378,7 +1361,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             )
         config, search = run_pretrain_search(args, config, data_dir, device)
         if args.search_only:
-            return search
+            return config, search
         log.info(
             "final model: best trial %d of study %s (validation NSE %.4f): %s",
             search["best_trial"],
@@ -1386,6 +1369,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
             search["best_score"],
             search["best_params"],
         )
+    return config, search
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Command-line entry point; returns what :func:`pretrain` returns (with ``--search_only``:
+    the search results)."""
+    args = build_parser().parse_args(argv)
+    config = resolve_pretrain_config(args)
+    setup_logging()
+    ensure_writable(output_root(config), "the output folder")
+    data_dir = resolve_data_dir(args.data_dir, config, demo=args.demo)
+    device = resolve_device(args.device, args.no_cuda, config)
+    if args.ensemble is not None or args.seeds is not None or is_ensemble_run(args.resume):
+        return ensemble_main(args, config, data_dir, device)
+    device, rank, world = _parallel_setup(args, device, argv)
+    config, search = _search_first(args, config, data_dir, device)
+    if args.search_only:
+        return search
     seed_everything(config["SEED"])
     resume_dir = _find_resume(config, args.resume) if args.resume else None
     if resume_dir is not None:

@@ -509,7 +509,12 @@ def validate_config(config: dict[str, Any]) -> None:
             raise UserError(f"{key} must be a non-empty list of column names")
     _check_future_inputs(config)
     check_horizon_weights(config["HORIZON_WEIGHTS"], config)
-    bounds = config["PSO_BOUNDS"]
+    _validate_pso_bounds(config["PSO_BOUNDS"])
+    _validate_hyperopt(config)
+
+
+def _validate_pso_bounds(bounds: dict) -> None:
+    """PSO_BOUNDS: known dimensions, each [lower, upper] numbers with lower <= upper."""
     unknown = set(bounds) - set(PSO_DIMENSIONS)
     if unknown:
         raise UserError(
@@ -524,7 +529,6 @@ def validate_config(config: dict[str, Any]) -> None:
             raise UserError(f"PSO_BOUNDS.{dim} must hold two numbers, got {pair!r}") from None
         if lo > hi:
             raise UserError(f"PSO_BOUNDS.{dim}: lower bound {lo} is above upper bound {hi}")
-    _validate_hyperopt(config)
 
 
 def _validate_hyperopt(config: dict[str, Any]) -> None:
