@@ -35,7 +35,6 @@ commands it ran, the device and the wall time.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -64,13 +63,7 @@ OVERRIDES = {**pretrain_quality.OVERRIDES, "pred_len": ("--pred_len", "PRED_LEN"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenario", choices=tuple(RECIPES), required=True)
-    p.add_argument("--config", help="recipe to train with (default: the scenario's, see above)")
-    p.add_argument("--data_dir", default=os.environ.get("CAMELS_GB_DIR", "../shared/camels_gb"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    for name, (_, key) in OVERRIDES.items():
-        kind = float if key in ("LR", "DROPOUT") else int
-        p.add_argument(f"--{name}", type=kind, help=f"{key} (default: the recipe's)")
+    pretrain_quality.add_protocol_args(p, RECIPES, OVERRIDES)
     p.add_argument(
         "--horizon_weights", default=FIRST_DAYS, help="horizon scenario: weights of its 2nd run"
     )

@@ -68,15 +68,21 @@ OVERRIDES = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenario", choices=tuple(RECIPES), required=True)
+def add_protocol_args(p: argparse.ArgumentParser, recipes: dict, overrides: dict) -> None:
+    """The flags every recipe-based quality protocol shares: scenario, recipe, data, seeds and
+    the flags that change one recipe key for one run."""
+    p.add_argument("--scenario", choices=tuple(recipes), required=True)
     p.add_argument("--config", help="recipe to train with (default: the scenario's, see above)")
     p.add_argument("--data_dir", default=os.environ.get("CAMELS_GB_DIR", "../shared/camels_gb"))
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    for name, (_, key) in OVERRIDES.items():
+    for name, (_, key) in overrides.items():
         kind = float if key in ("LR", "DROPOUT") else int
         p.add_argument(f"--{name}", type=kind, help=f"{key} (default: the recipe's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_protocol_args(p, RECIPES, OVERRIDES)
     p.add_argument(
         "--ensemble",
         action="store_true",
