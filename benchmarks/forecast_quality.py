@@ -67,14 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--horizon_weights", default=FIRST_DAYS, help="horizon scenario: weights of its 2nd run"
     )
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any other run.config key for sca2lstm.py, e.g. --set STATIC_CLAMP=null",
-    )
     p.add_argument("--simulate_reference", default=str(REFERENCE), help="zero-shot simulate table")
     p.add_argument("--output", default="benchmarks/results/forecast_quality")
     return p

@@ -69,8 +69,8 @@ OVERRIDES = {
 
 
 def add_protocol_args(p: argparse.ArgumentParser, recipes: dict, overrides: dict) -> None:
-    """The flags every recipe-based quality protocol shares: scenario, recipe, data, seeds and
-    the flags that change one recipe key for one run."""
+    """The flags every recipe-based quality protocol shares: scenario, recipe, data, seeds, the
+    flags that change one recipe key for one run, the device and ``--set``."""
     p.add_argument("--scenario", choices=tuple(recipes), required=True)
     p.add_argument("--config", help="recipe to train with (default: the scenario's, see above)")
     p.add_argument("--data_dir", default=os.environ.get("CAMELS_GB_DIR", "../shared/camels_gb"))
@@ -78,6 +78,14 @@ def add_protocol_args(p: argparse.ArgumentParser, recipes: dict, overrides: dict
     for name, (_, key) in overrides.items():
         kind = float if key in ("LR", "DROPOUT") else int
         p.add_argument(f"--{name}", type=kind, help=f"{key} (default: the recipe's)")
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other run.config key for sca2lstm.py, e.g. --set STATIC_CLAMP=null",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,14 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train the seeds as one ensemble (sca2lstm.py --seeds) and compare the ensemble "
         "with its members",
-    )
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any other run.config key for sca2lstm.py, e.g. --set STATIC_CLAMP=null",
     )
     p.add_argument("--output", default="benchmarks/results/pretrain_quality.csv")
     return p
