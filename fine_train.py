@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import copy
 import math
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -62,14 +61,13 @@ from utils import (
     MODEL_KEYS,
     HelpFormatter,
     LogFile,
+    RunFolder,
     TrainSettings,
     UserError,
     add_common_args,
     basin_metrics_table,
     check_ensemble_members,
     checkpoint_payload,
-    close_log_files,
-    config_summary,
     ensemble_prediction,
     ensure_writable,
     eval_batch_size,
@@ -81,7 +79,6 @@ from utils import (
     load_config,
     log,
     log_device,
-    make_run_dir,
     members_vs_ensemble,
     output_root,
     parse_horizon_weights,
@@ -101,7 +98,7 @@ from utils import (
     write_csv,
     write_ensemble_manifest,
     write_json,
-    write_yaml,
+    write_run_config,
 )
 
 __all__ = ["FREEZE_GROUPS", "TimeSplit", "plan_split", "prepare", "fine_tune", "main"]
@@ -566,10 +563,8 @@ def describe(job: FineTuneJob, run_dir: Path) -> None:
     """Write the run's config and feature split, and log what the run will do."""
     basin, config, model, spec, split = job.basin, job.config, job.model, job.spec, job.split
     b = job.data.basins[basin]
-    log.info("run folder %s", run_dir)
     log_device(job.device)
-    write_yaml(run_dir / "config.yaml", config)
-    log.info("config: %s (every key: config.yaml)", config_summary(config))
+    write_run_config(run_dir, config)
     write_json(run_dir / "feature_classification.json", spec.feature_classification())
     if spec.future_inputs:
         log.info(
@@ -900,9 +895,8 @@ def fine_tune_ensemble(args: argparse.Namespace) -> dict:
     parent, manifest, jobs = prepare_ensemble(args)
     first = jobs[0]
     # Every input is checked above; a failure from here on removes the whole run folder.
-    run_dir = make_run_dir(output_root(first.config) / "fine_tune" / f"basin_{first.basin}")
-    try:
-        setup_logging(run_dir / "fine_tune.log")
+    with RunFolder(run_parent(first), "fine_tune.log") as folder:
+        run_dir = folder.path
         log.info("fine-tuning the %d members of %s on basin %s", len(jobs), parent, first.basin)
         settings = TrainSettings.from_config(first.config, first.device)
         eval_batch = eval_batch_size(settings.batch_size)
@@ -914,15 +908,15 @@ def fine_tune_ensemble(args: argparse.Namespace) -> dict:
             job.config["SEED"] = seed  # the member's own seed, as a single run with --seed
             seed_everything(seed)
             with LogFile(member_dir / "fine_tune.log"):
+                log.info("ensemble member %s (seed %d)", member_dir.name, seed)
                 results.append(fine_tune(job, member_dir))
         tuned = score(first, eval_batch, "fine_tuned", members=jobs)
         return report_ensemble(run_dir, parent, manifest, jobs, results, zero, tuned)
-    except BaseException:
-        close_log_files()
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    finally:
-        close_log_files()
+
+
+def run_parent(job: FineTuneJob) -> Path:
+    """Where a fine-tuning run's folder goes: ``<output root>/fine_tune/basin_<id>/``."""
+    return output_root(job.config) / "fine_tune" / f"basin_{job.basin}"
 
 
 def report_ensemble(
@@ -1006,19 +1000,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
             return results
     seed_everything(job.config["SEED"])
     # Every input is checked above; a failure from here on removes the whole run folder.
-    run_dir = make_run_dir(output_root(job.config) / "fine_tune" / f"basin_{job.basin}")
-    try:
-        setup_logging(run_dir / "fine_tune.log")
+    with RunFolder(run_parent(job), "fine_tune.log") as folder:
         if results is not None:
             keys = ("study_name", "storage", "study_dir", "best_trial", "best_score", "best_params")
-            write_json(run_dir / "hyperopt_source.json", {k: results[k] for k in keys})
-        return fine_tune(job, run_dir)
-    except BaseException:
-        close_log_files()
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    finally:
-        close_log_files()
+            write_json(folder.path / "hyperopt_source.json", {k: results[k] for k in keys})
+        return fine_tune(job, folder.path)
 
 
 if __name__ == "__main__":

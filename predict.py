@@ -51,10 +51,7 @@ import dataclasses
 import datetime as dt
 import glob
 import importlib
-import logging
 import os
-import shutil
-import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,6 +76,8 @@ from utils import (
     ROOT,
     HelpFormatter,
     InferenceSettings,
+    LogBacklog,
+    RunFolder,
     UserError,
     add_common_args,
     basin_metrics_table,
@@ -95,7 +94,6 @@ from utils import (
     load_config,
     log,
     log_device,
-    make_run_dir,
     mm_per_day_to_m3s,
     output_root,
     plot_channel_weights,
@@ -113,7 +111,6 @@ from utils import (
     to_day,
     write_csv,
     write_json,
-    write_yaml,
 )
 
 __all__ = ["MODEL_CLASSES", "build_model", "build_parser", "main"]
@@ -1406,41 +1403,6 @@ def write_summary_plots(
         )
 
 
-class _Backlog(logging.Handler):
-    """Keeps log records until the run's log file exists."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-def _open_log(path: Path, backlog: _Backlog | None = None) -> None:
-    setup_logging(path)
-    if backlog is None:
-        return
-    for handler in log.handlers:
-        if isinstance(handler, logging.FileHandler) and handler.baseFilename == os.path.abspath(
-            path
-        ):
-            for record in backlog.records:
-                handler.handle(record)
-    log.removeHandler(backlog)
-
-
-def _publish(tmp: Path, parent: Path) -> Path:
-    """Rename the finished temporary folder to a new, unique run folder."""
-    final = make_run_dir(parent)
-    try:
-        os.replace(tmp, final)  # POSIX: atomically replaces the empty folder just made
-    except OSError:
-        final.rmdir()
-        os.rename(tmp, final)
-    return final
-
-
 @dataclass
 class PredictJob:
     """Everything :func:`prepare` checked and loaded; no file written yet."""
@@ -1617,48 +1579,36 @@ def _metrics_doc(job: PredictJob, result: dict) -> dict:
     }
 
 
-def report(job: PredictJob, result: dict, backlog: _Backlog) -> Path:
+def report(job: PredictJob, result: dict, backlog: LogBacklog) -> Path:
     """Write the run folder: built hidden, renamed at the end, so a failure leaves none."""
     args, tag = job.args, job.tag
     parent = output_root(job.config) / "predict"
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".predict-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
-        _open_log(tmp / "predict.log", backlog)
-        write_yaml(tmp / "config.yaml", job.config)
-        write_csv(tmp / "predictions.csv", result["predictions"])
-        write_csv(tmp / "metrics.csv", result["metrics"])
+    with RunFolder(parent, "predict.log", job.config, hidden=True, backlog=backlog) as folder:
+        out = folder.path
+        write_csv(out / "predictions.csv", result["predictions"])
+        write_csv(out / "metrics.csv", result["metrics"])
         if result["by_lead"] is not None:
-            write_csv(tmp / "metrics_by_lead.csv", result["by_lead"])
+            write_csv(out / "metrics_by_lead.csv", result["by_lead"])
         if len(result["forecast"]):
-            write_csv(tmp / "operational_forecast.csv", result["forecast"])
-        write_json(tmp / "metrics.json", _metrics_doc(job, result))
+            write_csv(out / "operational_forecast.csv", result["forecast"])
+        write_json(out / "metrics.json", _metrics_doc(job, result))
         runs = result["runs"]
         if args.export_weights:
             export_channel_weights(
-                job.models[0], runs[0].windows, job.data, tmp, result["batch_size"], tag
+                job.models[0], runs[0].windows, job.data, out, result["batch_size"], tag
             )
         if not args.no_plots:
             write_plots(
-                runs, job.data, job.start, job.end, tmp, args.log_scale, tag, job.lead,
+                runs, job.data, job.start, job.end, out, args.log_scale, tag, job.lead,
                 result["forecast"],
             )  # fmt: skip
             write_summary_plots(
-                runs, result["by_lead"], tmp, job.lead, f"{job.start}..{job.end}{tag}"
+                runs, result["by_lead"], out, job.lead, f"{job.start}..{job.end}{tag}"
             )
-        close_log_files()
-        run_dir = _publish(tmp, parent)
-    except BaseException:
-        close_log_files()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _open_log(run_dir / "predict.log")
-    log.info("outputs in %s", run_dir)
-    return run_dir
+    return folder.path
 
 
-def predict(args: argparse.Namespace, config: dict, backlog: _Backlog) -> dict:
+def predict(args: argparse.Namespace, config: dict, backlog: LogBacklog) -> dict:
     """Everything after the arguments: check all input, predict, then write the run folder."""
     job = prepare(args, config)
     result = run(job)
@@ -1691,8 +1641,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     config = load_config(args.config, stage="predict", overrides=args.set, flags=flags)
     setup_logging()
     ensure_writable(output_root(config), "the output folder")
-    backlog = _Backlog()
-    log.addHandler(backlog)
+    backlog = LogBacklog().attach()
     try:
         log.info("model, inputs, scalers and mode come from the checkpoint; none is refitted")
         return predict(args, config, backlog)

@@ -30,10 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -58,13 +55,12 @@ from utils import (
     PSO_DIMENSIONS,
     CheckpointLoadable,
     HelpFormatter,
+    RunFolder,
     TrainSettings,
     UserError,
     add_common_args,
     basin_metrics_table,
     checkpoint_payload,
-    close_log_files,
-    config_summary,
     csv_list,
     ensure_writable,
     eval_batch_size,
@@ -73,7 +69,6 @@ from utils import (
     load_config,
     log,
     log_device,
-    make_run_dir,
     output_root,
     period,
     plot_training_curve,
@@ -89,10 +84,11 @@ from utils import (
     series_by_basin,
     setup_logging,
     show_config_defaults,
+    unique_path,
     validate_config,
     write_csv,
     write_json,
-    write_yaml,
+    write_run_config,
 )
 
 __all__ = [
@@ -1011,9 +1007,8 @@ def run_basin(
         *job.periods["validation"],
         *job.periods["test"],
     )
-    log.info("config: %s (every key: config.yaml)", config_summary(job.config))
+    write_run_config(run_dir, job.config)
     log.info("PSO dimensions %s", space.describe())
-    write_yaml(run_dir / "config.yaml", job.config)
     best, search = search_basin(job, space, run_dir)
     write_json(
         run_dir / "best_params.json",
@@ -1240,18 +1235,9 @@ def resolve_config(args: argparse.Namespace) -> tuple[dict, frozenset[str]]:
     return config, fixed
 
 
-def _reserve_summary(root: Path) -> Path:
-    """Create an empty, unique ``summary_<timestamp>[_N].csv`` in ``root``."""
-    root.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
-    for n in range(10_000):
-        path = root / f"summary_{stamp}{'' if n == 0 else f'_{n}'}.csv"
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            return path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a summary file under {root}")
+def _holds_model(run_dir: Path) -> bool:
+    """A basin's folder is kept after a failure once its final model is saved."""
+    return any(run_dir.glob("best_model_basin_*.pth"))
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -1290,24 +1276,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if data.synthetic:
         log.warning("running on SYNTHETIC demo data: scores say nothing about real catchments")
 
-    summary = _reserve_summary(root)
+    summary = unique_path(root, "summary_", ".csv", folder=False)
     results, rows = {}, []
     try:
         bar = progress(basins, desc="basins", unit="basin")
         for basin in bar:
-            run_dir = make_run_dir(root / f"basin_{basin}")
-            setup_logging(run_dir / "pso_lstm.log")
-            try:
-                log.info("run folder %s", run_dir)
+            with RunFolder(root / f"basin_{basin}", "pso_lstm.log", keep=_holds_model) as folder:
                 log_device(device)
-                results[basin] = run_basin(basin, config, data, space, device, run_dir, window)
-            except BaseException:
-                if not any(run_dir.glob("best_model_basin_*.pth")):
-                    close_log_files()
-                    shutil.rmtree(run_dir, ignore_errors=True)
-                raise
-            finally:
-                close_log_files()
+                results[basin] = run_basin(basin, config, data, space, device, folder.path, window)
             rows.append(summary_row(basin, data.basins[basin].name, results[basin]))
             write_csv(summary, pd.DataFrame(rows))
             test = results[basin]["metrics"].set_index("period").loc["test"]

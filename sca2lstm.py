@@ -17,9 +17,9 @@ In a notebook::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -58,14 +58,13 @@ from utils import (
     CheckpointLoadable,
     HelpFormatter,
     LogFile,
+    RunFolder,
     TrainSettings,
     UserError,
     add_common_args,
     basin_metrics_table,
     check_ensemble_members,
     checkpoint_payload,
-    close_log_files,
-    config_summary,
     csv_list,
     distributed_rank,
     ensemble_prediction,
@@ -79,7 +78,6 @@ from utils import (
     load_config,
     log,
     log_device,
-    make_run_dir,
     members_vs_ensemble,
     nse,
     output_root,
@@ -101,7 +99,7 @@ from utils import (
     write_csv,
     write_ensemble_manifest,
     write_json,
-    write_yaml,
+    write_run_config,
 )
 
 __all__ = [
@@ -1055,7 +1053,7 @@ def train_member(
     seed_everything(config["SEED"])
     with LogFile(member_dir / "train.log"):
         log.info("ensemble member %s (seed %d)", member_dir.name, config["SEED"])
-        write_yaml(member_dir / "config.yaml", config)
+        write_run_config(member_dir, config)
         pretrain(config, data_dir, device, member_dir, resume_dir, dry_run=dry_run, publish=False)
 
 
@@ -1287,22 +1285,16 @@ def ensemble_main(
         data_dir,
         list(dict.fromkeys(config["TRAIN_BASINS"] + config["VAL_BASINS"] + config["TEST_BASINS"])),
     )
-    fresh = run_dir is None
-    run_dir = run_dir or make_run_dir(output_root(config) / "pretrain")
-    setup_logging(run_dir / "train.log")
-    try:
-        log.info("ensemble run folder %s: %d members, seeds %s", run_dir, len(seeds), seeds)
-        if fresh:
-            write_yaml(run_dir / "config.yaml", config)
-        log.info("config: %s (every key: config.yaml)", config_summary(config))
-        return train_ensemble(config, data_dir, device, run_dir, seeds, explicit, args.dry_run)
-    except BaseException:
-        if fresh and not any(run_dir.glob("member_*/last_model.pth")):
-            close_log_files()
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    finally:
-        close_log_files()
+    folder = RunFolder(
+        output_root(config) / "pretrain",
+        "train.log",
+        config,
+        resume=run_dir,
+        keep=lambda d: any(d.glob("member_*/last_model.pth")),
+    )
+    with folder:
+        log.info("ensemble of %d members, seeds %s", len(seeds), seeds)
+        return train_ensemble(config, data_dir, device, folder.path, seeds, explicit, args.dry_run)
 
 
 def _parallel_setup(args: argparse.Namespace, device, argv) -> tuple:
@@ -1398,31 +1390,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
         data_dir,
         list(dict.fromkeys(config["TRAIN_BASINS"] + config["VAL_BASINS"] + config["TEST_BASINS"])),
     )
-    if rank == 0:
-        run_dir = resume_dir or make_run_dir(output_root(config) / "pretrain")
-    if world > 1 and args.parallel:
-        shared = [str(run_dir) if rank == 0 else None]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        run_dir = Path(shared[0])
-    if rank == 0:
-        setup_logging(run_dir / "train.log")
+    folder = RunFolder(
+        output_root(config) / "pretrain",
+        "train.log",
+        config,
+        resume=resume_dir,
+        keep=lambda d: (d / "last_model.pth").exists(),
+    )
     try:
-        log.info("run folder %s", run_dir)
-        log_device(device)
-        if rank == 0:
-            write_yaml(run_dir / "config.yaml", config)
-        if search is not None:
-            keys = ("study_name", "storage", "study_dir", "best_trial", "best_score", "best_params")
-            write_json(run_dir / "hyperopt_source.json", {k: search[k] for k in keys})
-        log.info("config: %s (every key: config.yaml)", config_summary(config))
-        return pretrain(config, data_dir, device, run_dir, resume_dir, dry_run=args.dry_run)
-    except BaseException:
-        if rank == 0 and not (run_dir / "last_model.pth").exists():
-            close_log_files()
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+        with folder if rank == 0 else contextlib.nullcontext():
+            run_dir = folder.path
+            if world > 1 and args.parallel:  # rank 0 made the folder; the others write to it
+                shared = [str(run_dir) if rank == 0 else None]
+                torch.distributed.broadcast_object_list(shared, src=0)
+                run_dir = Path(shared[0])
+            log_device(device)
+            if search is not None:
+                keys = ("study_name", "storage", "study_dir", "best_trial", "best_score")
+                source = {k: search[k] for k in (*keys, "best_params")}
+                write_json(run_dir / "hyperopt_source.json", source)
+            return pretrain(config, data_dir, device, run_dir, resume_dir, dry_run=args.dry_run)
     finally:
-        close_log_files()
         if world > 1 and args.parallel and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 

@@ -19,6 +19,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import sys
 import tempfile
 import warnings
@@ -807,21 +808,147 @@ def progress(iterable=None, **kwargs):
 # --------------------------------------------------------------------------- files
 
 
-def make_run_dir(parent: Path, prefix: str = "") -> Path:
-    """Create a new, unique run folder ``parent/<prefix><YYYYmmdd_HHMMSS>[_N]``.
+def unique_path(parent: Path, prefix: str = "", suffix: str = "", folder: bool = True) -> Path:
+    """Create a new, unique ``parent/<prefix><YYYYmmdd_HHMMSS>[_N]<suffix>``: a folder, or an
+    empty file with ``folder=False``.
 
-    ``os.mkdir`` is atomic, so two runs started in the same second get different folders.
+    ``os.mkdir`` and ``O_CREAT | O_EXCL`` are atomic, so two runs started in the same second get
+    different names.
     """
     parent.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
     for n in range(10_000):
-        path = parent / f"{prefix}{stamp}{'' if n == 0 else f'_{n}'}"
+        path = parent / f"{prefix}{stamp}{'' if n == 0 else f'_{n}'}{suffix}"
         try:
-            path.mkdir()
+            if folder:
+                path.mkdir()
+            else:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             return path
         except FileExistsError:
             continue
-    raise RuntimeError(f"could not create a run folder under {parent}")
+    raise RuntimeError(f"could not create a unique {'folder' if folder else 'file'} in {parent}")
+
+
+def make_run_dir(parent: Path, prefix: str = "") -> Path:
+    """Create a new, unique run folder ``parent/<prefix><YYYYmmdd_HHMMSS>[_N]``."""
+    return unique_path(parent, prefix)
+
+
+def write_run_config(run_dir: Path, config: dict) -> None:
+    """Write the resolved config to ``run_dir/config.yaml`` and log its short line."""
+    write_yaml(run_dir / "config.yaml", config)
+    log.info("config: %s (every key: config.yaml)", config_summary(config))
+
+
+class LogBacklog(logging.Handler):
+    """Keeps the log records of a stage until its run folder's log file exists.
+
+    ``attach()`` it before the checks that run before any folder is made; :class:`RunFolder`
+    writes the kept records into its log file first and detaches it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def attach(self) -> LogBacklog:
+        log.addHandler(self)
+        return self
+
+    def replay(self, path: Path) -> None:
+        """Write the kept records into the open log file ``path``; stop keeping records."""
+        for handler in log.handlers:
+            if isinstance(handler, logging.FileHandler) and handler.baseFilename == str(
+                Path(path).resolve()
+            ):
+                for record in self.records:
+                    handler.handle(record)
+        log.removeHandler(self)
+
+
+class RunFolder:
+    """Context manager: the lifecycle of one stage's run folder, the same for every stage.
+
+    On entry it makes the folder (a new, unique one under ``parent``; or ``resume``, an existing
+    one to continue), opens its log file ``log_name``, writes the kept records of ``backlog``,
+    and with ``config`` writes ``config.yaml`` and the config line. On exit it closes the log
+    files. When the block fails, a new folder is removed, unless ``keep(folder)`` says it holds
+    something worth keeping (a checkpoint to resume from); a resumed folder is never removed.
+
+    ``hidden=True`` builds the folder as ``parent/.<log stem>-<random>`` and renames it to a new,
+    unique one when the block succeeds, so even a killed run leaves no half-written folder under
+    a name a user would open; :attr:`path` is the final folder after the block.
+
+    Usage::
+
+        with RunFolder(output_root(config) / "pretrain", "train.log", config) as run:
+            train(..., run.path)
+    """
+
+    def __init__(
+        self,
+        parent: Path,
+        log_name: str,
+        config: dict | None = None,
+        *,
+        resume: Path | None = None,
+        keep: Callable[[Path], bool] | None = None,
+        hidden: bool = False,
+        backlog: LogBacklog | None = None,
+    ) -> None:
+        self.parent, self.log_name, self.config = Path(parent), log_name, config
+        self.resume, self.keep, self.hidden, self.backlog = resume, keep, hidden, backlog
+        self.path = Path(resume) if resume is not None else Path(parent)
+
+    def __enter__(self) -> RunFolder:
+        if self.resume is None and self.hidden:
+            self.parent.mkdir(parents=True, exist_ok=True)
+            self.path = self.parent / f".{Path(self.log_name).stem}-{os.urandom(8).hex()}"
+            self.path.mkdir()
+        elif self.resume is None:
+            self.path = make_run_dir(self.parent)
+        try:
+            setup_logging(self.path / self.log_name)
+            if self.backlog is not None:
+                self.backlog.replay(self.path / self.log_name)
+            if not self.hidden:
+                log.info("run folder %s", self.path)
+            if self.config is not None:
+                write_run_config(self.path, self.config)
+        except BaseException:
+            self._discard()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._discard()
+            return
+        close_log_files()
+        if self.hidden:
+            self.path = self._publish()
+            setup_logging(self.path / self.log_name)  # appends to the renamed log
+            log.info("outputs in %s", self.path)
+            close_log_files()
+
+    def _discard(self) -> None:
+        close_log_files()
+        if self.resume is None and not (self.keep is not None and self.keep(self.path)):
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def _publish(self) -> Path:
+        """Rename the finished hidden folder to a new, unique run folder."""
+        final = make_run_dir(self.parent)
+        try:
+            os.replace(self.path, final)  # POSIX: atomically replaces the empty folder just made
+        except OSError:
+            final.rmdir()
+            os.rename(self.path, final)
+        return final
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:

@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--horizon_weights", default=FIRST_DAYS, help="horizon scenario: weights of its 2nd run"
     )
+    p.add_argument(
+        "--uniform_table",
+        help="horizon scenario: the uniform variant's table from an earlier run of the same "
+        "recipe, flags and seeds (<output>_uniform.csv), read instead of training it again",
+    )
     p.add_argument("--simulate_reference", default=str(REFERENCE), help="zero-shot simulate table")
     p.add_argument("--output", default="benchmarks/results/forecast_quality")
     return p
@@ -88,7 +93,7 @@ def variants(a: argparse.Namespace) -> dict[str, list[str]]:
     args = scenario_args(a)
     if a.scenario == "baseline":
         return {"baseline": args}
-    out = {"uniform": args}
+    out = {} if a.scenario == "horizon" and a.uniform_table else {"uniform": args}
     if a.scenario == "horizon":
         out["weighted"] = [*args, "--horizon_weights", a.horizon_weights]
     return out
@@ -154,16 +159,30 @@ def report(name: str, table: pd.DataFrame, a: argparse.Namespace) -> None:
         print(f"no simulate-mode reference at {reference}: lead-7 check skipped")
 
 
+def read_table(path: str) -> pd.DataFrame:
+    """A per-basin, per-lead table this script wrote before."""
+    if not Path(path).is_file():
+        raise SystemExit(
+            f"error: --uniform_table {path} does not exist; run --scenario future first"
+        )
+    return pd.read_csv(path, dtype={"basin": str}).set_index(["basin", "lead"])
+
+
 def main(argv=None) -> dict[str, pd.DataFrame]:
     a = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     tables, commands = {}, []
+    if a.scenario == "horizon" and a.uniform_table:
+        tables["uniform"] = read_table(a.uniform_table)
     with tempfile.TemporaryDirectory() as work:
         for name, args in variants(a).items():
             tables[name], ran = run_variant(args, a, work)
             commands += ran
     for name, table in tables.items():
         out = Path(f"{a.output}_{name}.csv")
+        if name == "uniform" and a.uniform_table:
+            report(f"{name} (read from {a.uniform_table})", table, a)
+            continue
         out.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out, float_format="%.4f")
         report(name, table, a)
@@ -180,7 +199,7 @@ def main(argv=None) -> dict[str, pd.DataFrame]:
             "\nhindcast: the observed forcings stand in for a weather forecast, so these scores "
             "are an upper bound of what a real forecast reaches"
         )
-    device = next(iter(tables.values())).attrs.get("device", a.device)
+    device = list(tables.values())[-1].attrs.get("device", a.device)
     wall = (time.perf_counter() - t0) / 60
     print(f"scenario {a.scenario}; seeds {a.seeds}; device {device}; wall time {wall:.1f} min")
     print("commands:\n  " + "\n  ".join(commands))
