@@ -42,6 +42,7 @@ from hydrologyDataset import (
     WindowData,
     block_end,
     load_input_data,
+    load_model,
     resolve_data_dir,
 )
 from hyperopt import (
@@ -55,7 +56,7 @@ from hyperopt import (
     search_flags,
     write_results,
 )
-from sca2lstm import SCA2LSTM, ModelArgs
+from sca2lstm import SCA2LSTM
 from utils import (
     ENSEMBLE_MANIFEST,
     MODEL_KEYS,
@@ -210,57 +211,14 @@ def resolve_fine_tune_config(args: argparse.Namespace) -> dict:
 
 
 def model_from_checkpoint(ckpt: dict, path: Path) -> tuple[SCA2LSTM, FeatureSpec, Scalers]:
-    """Rebuild the model, its features and scalers from a loaded checkpoint.
-
-    Raises
-    ------
-    UserError
-        Not an SCA2LSTM checkpoint, missing entries, or parts that do not fit together.
-    """
-    if ckpt.get("model_class") != "SCA2LSTM":
-        raise UserError(
-            f"{path} holds a {ckpt.get('model_class')}, not an SCA2LSTM; fine_train.py tunes "
-            "checkpoints of sca2lstm.py (model_output/sca2lstm.pth) or of earlier fine-tuning runs"
-        )
-    missing = [
-        k for k in ("model_args", "features", "scalers", "config", "channels") if k not in ckpt
-    ]
-    if missing:
-        raise UserError(
-            f"{path} lacks {', '.join(missing)}; it is not a complete SCA2LSTM checkpoint"
-        )
-    try:
-        spec = FeatureSpec.from_dict(ckpt["features"])
-        scalers = Scalers.from_dict(ckpt["scalers"])
-        model = SCA2LSTM(ModelArgs(**ckpt["model_args"]))
-        model.load_state_dict(ckpt["model_state_dict"])
-    except (TypeError, ValueError, KeyError, RuntimeError) as err:
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        raise UserError(
-            f"{path} does not hold a loadable SCA2LSTM ({type(err).__name__}: {reason}); "
-            "retrain it with this toolkit"
-        ) from None
-    args = model.args
-    problems = []
-    if list(ckpt["channels"]) != list(spec.channels) or args.n_dynamic != len(spec.channels):
-        problems.append(f"{args.n_dynamic} input channels vs channels {list(ckpt['channels'])}")
-    if args.n_static != len(spec.static_attributes):
-        problems.append(
-            f"{args.n_static} static inputs vs {len(spec.static_attributes)} attributes"
-        )
-    if len(scalers.dynamic_mean) != len(spec.dynamic_inputs) or len(scalers.static_mean) != len(
-        spec.static_attributes
-    ):
-        problems.append("scalers of another feature list")
-    if args.mode != spec.mode:
-        problems.append(f"model mode {args.mode} vs feature mode {spec.mode}")
-    if args.future_len != spec.future_len:
-        problems.append(
-            f"{args.future_len} lead days in the model vs {spec.future_len} in features"
-        )
-    if problems:
-        raise UserError(f"{path} is inconsistent ({'; '.join(problems)}); retrain it")
-    return model, spec, scalers
+    """A fresh SCA2LSTM, its features and scalers from a loaded checkpoint
+    (:func:`hydrologyDataset.load_model`, with its consistency checks)."""
+    hint = (
+        "; fine_train.py tunes checkpoints of sca2lstm.py (model_output/sca2lstm.pth) or of "
+        "earlier fine-tuning runs"
+    )
+    loaded = load_model(path, SCA2LSTM, ckpt=ckpt, hint=hint)
+    return loaded.model, loaded.spec, loaded.scalers
 
 
 def merge_checkpoint_config(run_config: dict, ckpt: dict, explicit: set[str], path: Path) -> dict:

@@ -21,12 +21,21 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from demo_data import SYNTHETIC_MARKER, write_demo_dataset
-from utils import CAMELS_GB_DOI, ROOT, UserError, atomic_write_text, log, progress
+from utils import (
+    CAMELS_GB_DOI,
+    ROOT,
+    UserError,
+    atomic_write_text,
+    load_checkpoint,
+    log,
+    progress,
+)
 
 INPUT_FORMAT = 1
 TIMESERIES_RE = re.compile(r"^CAMELS_GB_hydromet_timeseries_(\d+)_(\d{8})-(\d{8})\.csv$")
@@ -1092,3 +1101,107 @@ class CamelsGBDataset(_TorchDataset):
 
         item = self.windows.batch(torch.tensor([i]))
         return {k: v[0] for k, v in item.items()}
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint and everything rebuilt from it (see :func:`load_model`)."""
+
+    path: Path
+    ckpt: dict
+    model: Any  # a torch.nn.Module with CheckpointLoadable
+    spec: FeatureSpec
+    scalers: Scalers
+    label: str = ""
+
+    @property
+    def model_class(self) -> str:
+        return self.ckpt["model_class"]
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.ckpt.get("synthetic_data", False))
+
+
+def load_model(
+    path: str | Path,
+    model_class: type,
+    device: Any = "cpu",
+    ckpt: dict | None = None,
+    hint: str = "",
+) -> LoadedModel:
+    """The one way from a checkpoint to a model: the model with its weights, its feature spec,
+    its scalers and the checkpoint dict, all checked to fit together.
+
+    Parameters
+    ----------
+    path : str or Path
+        The checkpoint file (read with :func:`utils.load_checkpoint` unless ``ckpt`` is given).
+    model_class : type
+        The class the checkpoint must hold, a :class:`CheckpointLoadable` model.
+    device : str or torch.device
+        Where the model goes.
+    ckpt : dict, optional
+        The checkpoint, already read (a fresh copy of a loaded model; the file is not read again).
+    hint : str
+        Appended to the error of a checkpoint of another class (what the caller reads).
+
+    Raises
+    ------
+    UserError
+        Another model class, missing entries, or parts that do not fit together.
+    """
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
+    name = model_class.__name__
+    if ckpt.get("model_class") != name:
+        article = "an" if name[0] in "AEFHILMNORSX" else "a"  # as the initials are read
+        raise UserError(f"{path} holds a {ckpt.get('model_class')}, not {article} {name}{hint}")
+    missing = [k for k in ("model_args", "features", "scalers", "config") if k not in ckpt]
+    if missing:
+        raise UserError(
+            f"{path} lacks {', '.join(missing)}, so its model and inputs cannot be rebuilt; "
+            "use a checkpoint written by sca2lstm.py, fine_train.py or pso_lstm.py"
+        )
+    try:
+        spec = FeatureSpec.from_dict(ckpt["features"])
+        scalers = Scalers.from_dict(ckpt["scalers"])
+        model = model_class(model_class.args_class(**ckpt["model_args"]))
+        model.load_state_dict(ckpt["model_state_dict"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise UserError(
+            f"{path} does not hold a loadable {name} ({type(err).__name__}: {reason}); "
+            "retrain it with this toolkit"
+        ) from None
+    problems = model.checkpoint_problems(spec)
+    if "channels" in ckpt and list(ckpt["channels"]) != list(spec.channels):
+        problems.append(f"channels {list(ckpt['channels'])} vs features {list(spec.channels)}")
+    if len(scalers.dynamic_mean) != len(spec.dynamic_inputs) or len(scalers.static_mean) != len(
+        spec.static_attributes
+    ):
+        problems.append("scalers of another feature list")
+    if problems:
+        raise UserError(f"{path} is inconsistent ({'; '.join(problems)}); retrain it")
+    return LoadedModel(Path(path), ckpt, model.to(device), spec, scalers)
+
+
+class CheckpointLoadable:
+    """Mixin of the toolkit's models: ``Model.from_checkpoint(path)`` rebuilds one with weights.
+
+    A model class sets ``args_class``, the dataclass of hyperparameters saved as ``model_args``,
+    and may override :meth:`checkpoint_problems` with the checks of its own arguments.
+    """
+
+    args_class: type
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: Any = "cpu"):
+        """Rebuild the model of checkpoint ``path`` (:func:`load_model`, the model only)."""
+        return load_model(path, cls, map_location).model
+
+    def checkpoint_problems(self, spec: FeatureSpec) -> list[str]:
+        """What in this model's arguments does not fit the checkpoint's features (none here)."""
+        return []

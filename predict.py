@@ -65,10 +65,11 @@ from hydrologyDataset import (
     HINDCAST_NOTE,
     FeatureSpec,
     InputData,
-    Scalers,
+    LoadedModel,
     WindowData,
     find_source,
     load_input_data,
+    load_model,
     resolve_data_dir,
 )
 from utils import (
@@ -113,7 +114,7 @@ from utils import (
     write_json,
 )
 
-__all__ = ["MODEL_CLASSES", "build_model", "build_parser", "main"]
+__all__ = ["MODEL_CLASSES", "build_parser", "main", "model_class", "read_model"]
 
 # Model class name in a checkpoint -> module defining it. Modules are imported only when a
 # checkpoint names their class; every class offers ``from_checkpoint(path, map_location)``.
@@ -135,35 +136,8 @@ LEAD_COLUMNS = (
 # --------------------------------------------------------------------------- models
 
 
-@dataclass
-class LoadedModel:
-    """A checkpoint and everything rebuilt from it."""
-
-    path: Path
-    ckpt: dict
-    model: torch.nn.Module
-    spec: FeatureSpec
-    scalers: Scalers
-    label: str = ""
-
-    @property
-    def model_class(self) -> str:
-        return self.ckpt["model_class"]
-
-    @property
-    def synthetic(self) -> bool:
-        return bool(self.ckpt.get("synthetic_data", False))
-
-
-def build_model(ckpt: dict, path: str | Path) -> torch.nn.Module:
-    """Rebuild the model a checkpoint holds, weights loaded, in eval mode on the CPU.
-
-    Parameters
-    ----------
-    ckpt : dict
-        The checkpoint as :func:`utils.load_checkpoint` returns it.
-    path : str or Path
-        Its file, handed to the class's ``from_checkpoint``.
+def model_class(ckpt: dict, path: str | Path) -> type:
+    """The model class a checkpoint names, imported from its module.
 
     Raises
     ------
@@ -186,29 +160,17 @@ def build_model(ckpt: dict, path: str | Path) -> torch.nn.Module:
             "toolkit does not have; update the toolkit or pass another checkpoint"
         ) from None
     cls = getattr(module, name, None)
-    if cls is None or not hasattr(cls, "from_checkpoint"):
-        raise UserError(f"{module_name}.py defines no {name} with from_checkpoint; update it")
-    return cls.from_checkpoint(path, map_location="cpu").eval()
+    if cls is None or not hasattr(cls, "args_class"):
+        raise UserError(f"{module_name}.py defines no loadable {name} model; update it")
+    return cls
 
 
-def load_model(path: Path, device: torch.device) -> LoadedModel:
-    """Read a checkpoint and rebuild model, features and scalers from it (never refitted)."""
+def read_model(path: Path, device: torch.device) -> LoadedModel:
+    """A checkpoint's model, features and scalers (never refitted), in eval mode on ``device``."""
     ckpt = load_checkpoint(path)
-    missing = [k for k in ("features", "scalers") if k not in ckpt]
-    if missing:
-        raise UserError(
-            f"{path} lacks {' and '.join(missing)}, so its inputs cannot be rebuilt; "
-            "use a checkpoint written by sca2lstm.py, fine_train.py or pso_lstm.py"
-        )
-    try:
-        spec = FeatureSpec.from_dict(ckpt["features"])
-        scalers = Scalers.from_dict(ckpt["scalers"])
-    except TypeError as err:
-        raise UserError(
-            f"{path} holds features or scalers this toolkit cannot read ({err})"
-        ) from None
-    model = build_model(ckpt, path).to(device)
-    return LoadedModel(Path(path), ckpt, model, spec, scalers)
+    loaded = load_model(path, model_class(ckpt, path), device, ckpt=ckpt)
+    loaded.model.eval()
+    return loaded
 
 
 def resolve_checkpoint(patterns: Sequence[str], flag: str) -> Path:
@@ -1433,7 +1395,7 @@ def _load_models(args: argparse.Namespace, device) -> tuple[list, list, Path | N
     members, manifest = ensemble_members(args)
     paths = members or [resolve_checkpoint(args.model, "--model")]
     paths += [resolve_checkpoint([p], "--compare") for p in args.compare or []]
-    models = [load_model(p, device) for p in paths]
+    models = [read_model(p, device) for p in paths]
     for lm, label in zip(models, _labels(models), strict=True):
         lm.label = label
         log.info(

@@ -44,6 +44,7 @@ from torch import nn
 
 from hydrologyDataset import (
     BasinData,
+    CheckpointLoadable,
     FeatureSpec,
     InputData,
     Scalers,
@@ -53,7 +54,6 @@ from hydrologyDataset import (
 )
 from utils import (
     PSO_DIMENSIONS,
-    CheckpointLoadable,
     HelpFormatter,
     RunFolder,
     TrainSettings,

@@ -34,11 +34,13 @@ from torch.utils.checkpoint import checkpoint
 
 from hydrologyDataset import (
     HINDCAST_NOTE,
+    CheckpointLoadable,
     FeatureSpec,
     InputData,
     Scalers,
     WindowData,
     load_input_data,
+    load_model,
     resolve_data_dir,
 )
 from hyperopt import (
@@ -55,7 +57,6 @@ from hyperopt import (
 )
 from utils import (
     ENSEMBLE_MANIFEST,
-    CheckpointLoadable,
     HelpFormatter,
     LogFile,
     RunFolder,
@@ -229,6 +230,23 @@ class SCA2LSTM(CheckpointLoadable, nn.Module):
             # The head predicts the change from the last observation: untrained = persistence.
             nn.init.zeros_(self.head[1].weight)
             nn.init.zeros_(self.head[1].bias)
+
+    def checkpoint_problems(self, spec: FeatureSpec) -> list[str]:
+        """What in this model's arguments does not fit the checkpoint's features."""
+        args, problems = self.args, []
+        if args.n_dynamic != len(spec.channels):
+            problems.append(f"{args.n_dynamic} input channels vs {len(spec.channels)} channels")
+        if args.n_static != len(spec.static_attributes):
+            problems.append(
+                f"{args.n_static} static inputs vs {len(spec.static_attributes)} attributes"
+            )
+        if args.mode != spec.mode:
+            problems.append(f"model mode {args.mode} vs feature mode {spec.mode}")
+        if args.future_len != spec.future_len:
+            problems.append(
+                f"{args.future_len} lead days in the model vs {spec.future_len} in features"
+            )
+        return problems
 
     def channel_valid(self, x: torch.Tensor) -> torch.Tensor | None:
         """``[B, L, C]`` bool: False for the lagged-discharge channel on unobserved days (and
@@ -1075,9 +1093,8 @@ def score_ensemble(
     data = load_input_data(config, data_dir, scored)
     preds, scalers, windows = [], [], None
     for path, ckpt in ckpts:
-        spec = FeatureSpec.from_dict(ckpt["features"])
-        member_scalers = Scalers.from_dict(ckpt["scalers"])
-        model = SCA2LSTM.from_checkpoint(path).to(device)
+        member = load_model(path, SCA2LSTM, device, ckpt=ckpt)
+        model, spec, member_scalers = member.model, member.spec, member.scalers
         w = WindowData(
             data,
             spec,

@@ -1171,25 +1171,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-class CheckpointLoadable:
-    """Mixin of the toolkit's models: ``Model.from_checkpoint(path)`` rebuilds one with weights.
-
-    A model class sets ``args_class``, the dataclass of hyperparameters saved as ``model_args``.
-    """
-
-    args_class: type
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu"):
-        """Rebuild the model of checkpoint ``path``; UserError when it holds another class."""
-        ckpt = load_checkpoint(path)
-        if ckpt["model_class"] != cls.__name__:
-            raise UserError(f"{path} holds a {ckpt['model_class']}, not a {cls.__name__} model")
-        model = cls(cls.args_class(**ckpt["model_args"]))
-        model.load_state_dict(ckpt["model_state_dict"])
-        return model.to(map_location)
-
-
 def checkpoint_payload(
     model,
     config: dict,

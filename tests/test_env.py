@@ -254,7 +254,7 @@ def test_predict_flags_reach_the_config(demo_dir, demo_workdir, pretrained_forec
 
 
 def _windows(demo_dir, workdir, checkpoint, device):
-    lm = predict.load_model(checkpoint, device)
+    lm = predict.read_model(checkpoint, device)
     config = load_config(stage="predict", overrides=[f"INPUT_DIR={workdir / 'model_input_data'}"])
     config = {**config, "DYNAMIC_INPUTS": list(lm.spec.dynamic_inputs), "TARGET": lm.spec.target}
     data = load_input_data(config, demo_dir, ["22001"])

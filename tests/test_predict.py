@@ -24,8 +24,8 @@ from demo_fixtures import demo_args
 
 import predict
 from demo_data import write_demo_dataset
-from sca2lstm import SCA2LSTM, ModelArgs
-from utils import UserError, compute_metrics, load_checkpoint
+from sca2lstm import SCA2LSTM
+from utils import UserError, compute_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -275,13 +275,6 @@ def test_model_registry_dispatch(
     class FakeLSTM(SCA2LSTM):
         """Another model class, reached through the registry only."""
 
-        @classmethod
-        def from_checkpoint(cls, path, map_location="cpu"):
-            ckpt = load_checkpoint(path)
-            model = cls(ModelArgs(**ckpt["model_args"]))
-            model.load_state_dict(ckpt["model_state_dict"])
-            return model.to(map_location)
-
     module = types.ModuleType("fake_model_module")
     module.FakeLSTM = FakeLSTM
     monkeypatch.setitem(sys.modules, "fake_model_module", module)
@@ -308,13 +301,13 @@ def test_model_registry_dispatch(
 
     monkeypatch.setitem(predict.MODEL_CLASSES, "FakeLSTM", "no_such_module_for_predict")
     with pytest.raises(UserError, match=r"no_such_module_for_predict\.py"):
-        predict.build_model({"model_class": "FakeLSTM"}, path)
+        predict.model_class({"model_class": "FakeLSTM"}, path)
     with pytest.raises(UserError, match="predict.py reads"):
-        predict.build_model({"model_class": "TransformerXL"}, path)
+        predict.model_class({"model_class": "TransformerXL"}, path)
     assert predict.MODEL_CLASSES["PSOLSTM"] == "pso_lstm"
     if importlib.util.find_spec("pso_lstm") is None:
         with pytest.raises(UserError, match=r"pso_lstm\.py"):
-            predict.build_model({"model_class": "PSOLSTM"}, path)
+            predict.model_class({"model_class": "PSOLSTM"}, path)
 
 
 def test_pso_lstm_checkpoint_predicts_for_its_basin(
