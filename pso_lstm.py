@@ -13,12 +13,13 @@ Usage::
     python pso_lstm.py --basin_id 22001,22006 --time_steps 12 --batch_size 32 --hidden_size 64
     python pso_lstm.py --basin_id 22001 --plot_prediction --start 2000-01-01 --end 2000-12-31
 
-Outputs per basin in ``<output root>/basin_<id>/<timestamp>/`` (output root: ``--output_dir``, else
-OUTPUT_DIR/pso_lstm): ``pso_history.csv``, ``best_params.json``, ``pso_convergence.png`` (the first
-and the last only when something was searched), ``best_model_basin_<id>.pth``, ``metrics.csv``,
-``history.csv``, ``training_curve.png``, ``config.yaml``, ``pso_lstm.log``, and with
-``--plot_prediction`` ``prediction.png`` and ``prediction.csv``. One ``summary_<timestamp>.csv`` per
-call in the output root holds a row per basin.
+Outputs per basin in ``<output root>/pso_lstm/basin_<id>/<timestamp>/`` (output root: OUTPUT_DIR, or
+``--output_dir``, as for every stage): ``pso_history.csv``, ``best_params.json``,
+``pso_convergence.png`` (the first and the last only when something was searched),
+``best_model_basin_<id>.pth``, ``metrics.csv``, ``history.csv``, ``training_curve.png``,
+``config.yaml``, ``pso_lstm.log``, and with ``--plot_prediction`` ``prediction.png`` and
+``prediction.csv``. One ``summary_<timestamp>.csv`` per call in ``<output root>/pso_lstm/`` holds a
+row per basin.
 
 In a notebook::
 
@@ -1118,8 +1119,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Bounds come from PSO_BOUNDS in run.config; --bounds_NAME LO,HI replaces those of one "
             "dimension (both ends reachable; integers rounded). Outputs per basin go to "
-            "<output root>/basin_<id>/<timestamp>/, the output root being --output_dir or "
-            "OUTPUT_DIR/pso_lstm; summary_<timestamp>.csv in the output root has a row per basin."
+            "<output root>/pso_lstm/basin_<id>/<timestamp>/, the output root being OUTPUT_DIR or "
+            "--output_dir, as for every stage; summary_<timestamp>.csv in <output root>/pso_lstm/ "
+            "has a row per basin."
         ),
     )
     parser.add_argument(
@@ -1197,6 +1199,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[dict, frozenset[str]]:
         "PSO_W": args.w,
         "PSO_INPUTS": args.inputs,
         "NUM_THREADS": args.threads,
+        "OUTPUT_DIR": args.output_dir,
     }
     given = {n: getattr(args, n) for n in PSO_DIMENSIONS if getattr(args, n) is not None}
     for name, value in given.items():
@@ -1251,7 +1254,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     config, fixed = resolve_config(args)
     setup_logging()
-    root = Path(args.output_dir) if args.output_dir else output_root(config) / "pso_lstm"
+    root = output_root(config) / "pso_lstm"
     ensure_writable(root, "the output folder")
     data_dir = resolve_data_dir(args.data_dir, config, demo=args.demo)
     device = resolve_device(args.device, args.no_cuda, config)

@@ -48,7 +48,7 @@ BOUNDS = {
 
 
 def run_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.glob("basin_*/*") if p.is_dir())
+    return sorted(p for p in root.glob("pso_lstm/basin_*/*") if p.is_dir())
 
 
 # --------------------------------------------------------------------------- decoding
@@ -232,7 +232,7 @@ def test_search_writes_all_outputs(search_run):
     result, out = search_run
     basin = result["basins"]["22001"]
     run_dir = basin["run_dir"]
-    assert run_dirs(out) == [run_dir] and run_dir.parent == out / "basin_22001"
+    assert run_dirs(out) == [run_dir] and run_dir.parent == out / "pso_lstm" / "basin_22001"
     for name in (
         "pso_history.csv",
         "best_params.json",
@@ -264,7 +264,7 @@ def test_search_writes_all_outputs(search_run):
     )
     assert "searched: time_steps" in (run_dir / "pso_lstm.log").read_text()
     summary = pd.read_csv(result["summary"], dtype={"basin": str})
-    assert result["summary"].parent == out and summary["basin"].tolist() == ["22001"]
+    assert result["summary"].parent == out / "pso_lstm" and summary["basin"].tolist() == ["22001"]
     assert summary.loc[0, "test_nse"] == pytest.approx(metrics.loc["test", "nse"], rel=1e-5)
 
 
@@ -305,7 +305,7 @@ def test_several_basins_share_one_summary(demo_dir, demo_workdir, tmp_path):
     assert (summary["searched"] == "none").all() and (summary["time_steps"] == 4).all()
     assert {"val_nse", "test_nse", "test_persistence_nse", "test_kge"} <= set(summary.columns)
     assert [p.parent.name for p in run_dirs(tmp_path)] == ["basin_22001", "basin_22006"]
-    assert not list(tmp_path.glob("basin_*/*/pso_history.csv"))  # nothing searched
+    assert not list(tmp_path.glob("pso_lstm/basin_*/*/pso_history.csv"))  # nothing searched
 
 
 @pytest.mark.parametrize("inputs, channels", [("q", 2), ("forcings", 7)])
