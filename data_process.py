@@ -38,6 +38,7 @@ from utils import (
     run_cli,
     setup_logging,
     show_config_defaults,
+    warn_synthetic,
     write_csv,
     write_json,
 )
@@ -241,8 +242,7 @@ def prepare(args: argparse.Namespace, config: dict) -> ProcessJob:
         raise UserError("--demo_dir goes with --make_demo; use --demo to process the demo data")
     data_dir = hd.resolve_data_dir(args.data_dir, config, demo=args.demo)
     source = hd.find_source(data_dir)
-    if source.synthetic:
-        log.warning("%s holds SYNTHETIC demo data, not CAMELS-GB", source.root)
+    warn_synthetic(source.synthetic, str(source.root))
     basins = _chosen_basins(args.basins, config, source)
     log.info(
         f"data folder {source.root}; {len(basins)} basin(s); inputs "

@@ -80,6 +80,7 @@ from utils import (
     load_config,
     log,
     log_device,
+    mark_synthetic,
     members_vs_ensemble,
     output_root,
     parse_horizon_weights,
@@ -639,8 +640,7 @@ def report(job: FineTuneJob, run_dir: Path, result, best_epoch, zero, zero_val_n
     history_path = run_dir / "finetune_history.json"
     tuned = score(job, eval_batch, "fine_tuned")
     metrics = pd.concat([zero, tuned], ignore_index=True)
-    if job.data.synthetic:
-        metrics.insert(0, "data", "SYNTHETIC")
+    mark_synthetic(metrics, job.data.synthetic)
     write_csv(run_dir / "metrics_before_after.csv", metrics)
     summary = summarise(metrics)
     for name, s in summary.items():
@@ -888,8 +888,7 @@ def report_ensemble(
 ) -> dict:
     """Write the fine-tuned ensemble's tables and manifest; log the scores."""
     metrics = pd.concat([zero, tuned], ignore_index=True)
-    if jobs[0].data.synthetic:
-        metrics.insert(0, "data", "SYNTHETIC")
+    mark_synthetic(metrics, jobs[0].data.synthetic)
     write_csv(run_dir / "metrics_before_after.csv", metrics)
     keys = [c for c in ("data", "period", "model", "basin", "gauge_name") if c in metrics]
     tables = {f"seed_{s}": r["metrics"] for s, r in zip(manifest["seeds"], results, strict=True)}

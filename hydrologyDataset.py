@@ -35,6 +35,7 @@ from utils import (
     load_checkpoint,
     log,
     progress,
+    warn_synthetic,
 )
 
 INPUT_FORMAT = 1
@@ -546,8 +547,7 @@ def load_input_data(
     """Load the checked series of ``basins`` (building the model input data where needed)."""
     source = find_source(data_dir)
     basins = list(dict.fromkeys(source.check_basins(basins)))
-    if source.synthetic:
-        log.warning("data in %s is SYNTHETIC demo data, not CAMELS-GB", source.root)
+    warn_synthetic(source.synthetic, str(source.root))
     out, records, rebuilt = prepare_input_data(config, source, basins, workers=workers)
     if rebuilt:
         log.info("model input data written for %d basin(s) in %s", len(rebuilt), out)

@@ -95,6 +95,7 @@ from utils import (
     load_config,
     log,
     log_device,
+    mark_synthetic,
     mm_per_day_to_m3s,
     output_root,
     plot_channel_weights,
@@ -109,7 +110,9 @@ from utils import (
     series_by_basin,
     setup_logging,
     show_config_defaults,
+    synthetic_tag,
     to_day,
+    warn_synthetic,
     write_csv,
     write_json,
 )
@@ -1387,7 +1390,7 @@ class PredictJob:
 
     @property
     def tag(self) -> str:
-        return "  [SYNTHETIC DATA]" if self.synthetic else ""
+        return synthetic_tag(self.synthetic)
 
 
 def _load_models(args: argparse.Namespace, device) -> tuple[list, list, Path | None, list]:
@@ -1446,8 +1449,7 @@ def prepare(args: argparse.Namespace, config: dict) -> PredictJob:
 
 def run(job: PredictJob) -> dict:
     """Predict with every model and build the tables (in memory)."""
-    if job.synthetic:
-        log.warning("SYNTHETIC demo data or model: the scores say nothing about real catchments")
+    warn_synthetic(job.synthetic, "the data or a model")
     for lm in job.models:
         if lm.spec.future_inputs:
             log.info(
@@ -1485,8 +1487,7 @@ def run(job: PredictJob) -> dict:
         "forecast": pd.concat(ahead, ignore_index=True) if ahead else pd.DataFrame(),
     }
     for frame in tables.values():
-        if job.synthetic and frame is not None and len(frame):
-            frame.insert(0, "data", "SYNTHETIC")
+        mark_synthetic(frame, job.synthetic)
     log_operational(tables["forecast"])
     _log_scores(tables["metrics"])
     return {"runs": runs, "notes": notes, "batch_size": batch_size, **tables}

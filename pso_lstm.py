@@ -70,6 +70,7 @@ from utils import (
     load_config,
     log,
     log_device,
+    mark_synthetic,
     output_root,
     period,
     plot_training_curve,
@@ -87,6 +88,7 @@ from utils import (
     show_config_defaults,
     unique_path,
     validate_config,
+    warn_synthetic,
     write_csv,
     write_json,
     write_run_config,
@@ -924,8 +926,7 @@ def plot_window(job: BasinJob, model: PSOLSTM, seq_len: int, window, run_dir: Pa
 def report_basin(job: BasinJob, model, result, best: dict, search: dict, metrics, space, run_dir):
     """Write metrics.csv and the checkpoint, and log the scores; returns the checkpoint path."""
     basin, config = job.basin, job.config
-    if job.setup.data.synthetic:
-        metrics.insert(0, "data", "SYNTHETIC")
+    mark_synthetic(metrics, job.setup.data.synthetic)
     write_csv(run_dir / "metrics.csv", metrics)
     records = {
         row["period"]: {k: _plain(v) for k, v in row.items()} for row in metrics.to_dict("records")
@@ -1276,8 +1277,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         basin_periods(config, data.basins[basin])
         if window is not None:
             check_plot_window(config, data.basins[basin], *window)
-    if data.synthetic:
-        log.warning("running on SYNTHETIC demo data: scores say nothing about real catchments")
+    warn_synthetic(data.synthetic)
 
     summary = unique_path(root, "summary_", ".csv", folder=False)
     results, rows = {}, []

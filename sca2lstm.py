@@ -79,6 +79,7 @@ from utils import (
     load_config,
     log,
     log_device,
+    mark_synthetic,
     members_vs_ensemble,
     nse,
     output_root,
@@ -97,6 +98,8 @@ from utils import (
     series_by_basin,
     setup_logging,
     show_config_defaults,
+    synthetic_tag,
+    warn_synthetic,
     write_csv,
     write_ensemble_manifest,
     write_json,
@@ -748,8 +751,7 @@ def prepare_pretrain(
         len(val),
         device,
     )
-    if data.synthetic:
-        log.warning("training on SYNTHETIC demo data: scores say nothing about real catchments")
+    warn_synthetic(data.synthetic, "training")
     log_future_inputs(spec)
     return PretrainJob(config, spec, data, scalers, groups, train, val, model, settings)
 
@@ -792,7 +794,7 @@ def score_test_period(job: PretrainJob, device, run_dir: Path) -> tuple:
     """Score the validation and test basins on the test period with the best weights; write the
     tables and the channel weights. Returns ``(metrics, unseen NSE)``."""
     config, spec, scalers, data, groups = job.config, job.spec, job.scalers, job.data, job.groups
-    tag = "  [SYNTHETIC DATA]" if data.synthetic else ""
+    tag = synthetic_tag(data.synthetic)
     scored = list(dict.fromkeys(groups["validation"] + groups["test"]))
     group_of = {b: "validation" for b in groups["validation"]}
     group_of.update({b: "test" for b in groups["test"]})
@@ -806,8 +808,7 @@ def score_test_period(job: PretrainJob, device, run_dir: Path) -> tuple:
     # Validation basins are often training basins too: their test-period days are unseen, but
     # the basin is not. Say which is which, in the table and in the log.
     metrics.insert(3, "trained_on", metrics["basin"].isin(groups["train"]))
-    if data.synthetic:
-        metrics.insert(0, "data", "SYNTHETIC")
+    mark_synthetic(metrics, data.synthetic)
     write_csv(run_dir / "metrics_test_period.csv", metrics)
     if spec.mode == "forecast":
         by_lead = lead_metrics_table(test, pred, data, group_of)
@@ -876,7 +877,7 @@ def pretrain(
     if distributed_rank()[0] != 0:
         # Data-parallel run: the other processes are done; rank 0 scores and writes.
         return {**out, "metrics": None, "device": str(device)}
-    tag = "  [SYNTHETIC DATA]" if job.data.synthetic else ""
+    tag = synthetic_tag(job.data.synthetic)
     plot_training_curve(
         result.history,
         run_dir / "training_curve.png",
@@ -1110,9 +1111,7 @@ def score_ensemble(
     mean = ensemble_prediction(preds, scalers, scalers[0])["mean"]
     metrics = basin_metrics_table(windows, mean, data, group_of)
     metrics.insert(3, "trained_on", metrics["basin"].isin(config["TRAIN_BASINS"]))
-    if data.synthetic:
-        metrics.insert(0, "data", "SYNTHETIC")
-    return metrics
+    return mark_synthetic(metrics, data.synthetic)
 
 
 def _median(values) -> float | None:

@@ -786,6 +786,27 @@ def log_once(message: str, *args: Any) -> None:
         log.info(text)
 
 
+def synthetic_tag(synthetic: bool) -> str:
+    """The tag of plot titles and log lines from synthetic demo data ("" for CAMELS-GB)."""
+    return "  [SYNTHETIC DATA]" if synthetic else ""
+
+
+def mark_synthetic(table, synthetic: bool):
+    """Put a first column ``data = SYNTHETIC`` in a score table from demo data (in place)."""
+    if synthetic and table is not None and len(table) and "data" not in table:
+        table.insert(0, "data", "SYNTHETIC")
+    return table
+
+
+def warn_synthetic(synthetic: bool, what: str = "the data") -> None:
+    """The one warning that scores on synthetic demo data say nothing about real catchments."""
+    if synthetic:
+        log.warning(
+            "%s: SYNTHETIC demo data, not CAMELS-GB; the scores say nothing about real catchments",
+            what,
+        )
+
+
 def close_log_files() -> None:
     """Detach and close the file handlers that :func:`setup_logging` added."""
     logger = logging.getLogger("sca2lstm")
