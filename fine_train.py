@@ -201,10 +201,6 @@ def resolve_fine_tune_config(args: argparse.Namespace) -> dict:
         horizon = parse_horizon_weights(horizon)
     if horizon is not None:
         config["HORIZON_WEIGHTS"] = horizon if isinstance(horizon, list) else [horizon]
-    if not config["WEIGHT_DECAY"] >= 0:
-        raise UserError(
-            f"WEIGHT_DECAY (--weight_decay) must be 0 or more, got {config['WEIGHT_DECAY']}"
-        )
     return config
 
 

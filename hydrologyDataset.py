@@ -402,7 +402,6 @@ class InputData:
     source: CamelsGBSource
     basins: dict[str, BasinData]
     attributes: pd.DataFrame
-    input_dir: Path
 
     @property
     def synthetic(self) -> bool:
@@ -568,7 +567,7 @@ def load_input_data(
         data[basin] = BasinData(
             basin, np.datetime64(record["start"], "D"), values, tuple(record["columns"]), name, area
         )
-    return InputData(source, data, table, out)
+    return InputData(source, data, table)
 
 
 # --------------------------------------------------------------------------- features and scalers

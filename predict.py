@@ -73,6 +73,7 @@ from hydrologyDataset import (
     resolve_data_dir,
 )
 from utils import (
+    BASIN_KEYS,
     MODEL_KEYS,
     ROOT,
     HelpFormatter,
@@ -235,20 +236,26 @@ def _labels(models: list[LoadedModel]) -> list[str]:
 
 def checkpoint_basin(ckpt: dict) -> str | None:
     """The one basin a fine-tuned or PSO-LSTM checkpoint was trained for (None otherwise)."""
-    for key in ("target_basin", "basin", "basin_id"):
+    for key in ("target_basin", "basin"):  # fine_train.py writes the first, pso_lstm.py the second
         value = ckpt.get(key)
         if isinstance(value, (str, int)) and str(value).strip():
             return str(value).strip()
     if ckpt.get("stage") in ("fine_tune", "pso_lstm"):
-        train = (ckpt.get("basins") or {}).get("TRAIN_BASINS") or []
+        train = basin_lists(ckpt)["TRAIN_BASINS"]
         if len(train) == 1:
             return str(train[0])
     return None
 
 
+def basin_lists(ckpt: dict) -> dict[str, list[str]]:
+    """TRAIN_BASINS, VAL_BASINS and TEST_BASINS of the checkpoint's config ([] when absent)."""
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    return {k: [str(b) for b in config.get(k) or []] for k in BASIN_KEYS}
+
+
 def basin_groups(ckpt: dict) -> dict[str, str]:
     """Basin -> its role in the checkpoint's training (train / validation / test)."""
-    lists = ckpt.get("basins") or {}
+    lists = basin_lists(ckpt)
     group: dict[str, str] = {}
     for key, name in (("TEST_BASINS", "test"), ("VAL_BASINS", "validation")):
         group.update({str(b): name for b in lists.get(key) or []})
@@ -265,7 +272,7 @@ def training_spans(ckpt: dict) -> dict[str, list[tuple[np.datetime64, np.datetim
     spans: dict[str, list[tuple[np.datetime64, np.datetime64]]] = {}
     if "TRAIN_START" in config:
         train = (np.datetime64(config["TRAIN_START"], "D"), np.datetime64(config["TRAIN_END"], "D"))
-        for b in (ckpt.get("basins") or {}).get("TRAIN_BASINS") or []:
+        for b in basin_lists(ckpt)["TRAIN_BASINS"]:
             spans.setdefault(str(b), []).append(train)
     own, split = checkpoint_basin(ckpt), ckpt.get("split")
     if own and isinstance(split, dict) and "train_start" in split:
@@ -385,9 +392,7 @@ def resolve_basins(args: argparse.Namespace, ckpt: dict, data_dir: Path) -> list
     own = checkpoint_basin(ckpt)
     if own:
         return [own]
-    test = (ckpt.get("basins") or {}).get("TEST_BASINS") or (ckpt.get("config") or {}).get(
-        "TEST_BASINS"
-    )
+    test = basin_lists(ckpt)["TEST_BASINS"]
     if not test:
         raise UserError("the checkpoint names no test basins; pass --basin or --basins")
     return [str(b) for b in test]

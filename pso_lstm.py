@@ -55,6 +55,7 @@ from hydrologyDataset import (
 )
 from utils import (
     PSO_DIMENSIONS,
+    PSO_INTEGER_DIMENSIONS,
     HelpFormatter,
     RunFolder,
     TrainSettings,
@@ -77,6 +78,7 @@ from utils import (
     positive_int,
     predict_windows,
     progress,
+    pso_bounds_problem,
     pyplot,
     resolve_device,
     run_cli,
@@ -105,15 +107,9 @@ __all__ = [
     "main",
 ]
 
-# Dimension -> (integer, log scale). PSO_BOUNDS in run.config holds the bounds.
-DIMENSION_KINDS: dict[str, tuple[bool, bool]] = {
-    "time_steps": (True, False),
-    "hidden_size": (True, False),
-    "batch_size": (True, True),
-    "learning_rate": (False, True),
-    "dropout": (False, False),
-    "num_layers": (True, False),
-}
+# Dimensions searched on a log scale; utils.PSO_INTEGER_DIMENSIONS take whole numbers. PSO_BOUNDS
+# in run.config holds the bounds.
+LOG_SCALE_DIMENSIONS = frozenset({"batch_size", "learning_rate"})
 # Dimension -> the run.config keys its flag sets (both CPU and GPU variants where there are two).
 CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "time_steps": ("SEQ_LEN",),
@@ -251,16 +247,11 @@ def build_search_space(
                 f"with --{name}"
             )
         lo, hi = (float(v) for v in bounds[name])
-        integer, log_scale = DIMENSION_KINDS[name]
-        where = f"bounds of {name} ({lo:g}, {hi:g}; PSO_BOUNDS or --bounds_{name})"
-        if lo > hi:
-            raise UserError(f"{where}: the lower bound is above the upper bound; write LO,HI")
-        if integer and not (lo.is_integer() and hi.is_integer() and lo >= 1):
-            raise UserError(f"{where}: {name} takes whole numbers of at least 1")
-        if name == "learning_rate" and lo <= 0:
-            raise UserError(f"{where}: the learning rate must be positive")
-        if name == "dropout" and not (0 <= lo and hi < 1):
-            raise UserError(f"{where}: dropout must lie in [0, 1)")
+        integer, log_scale = name in PSO_INTEGER_DIMENSIONS, name in LOG_SCALE_DIMENSIONS
+        problem = pso_bounds_problem(name, lo, hi)
+        if problem:
+            where = f"bounds of {name} ({lo:g}, {hi:g}; PSO_BOUNDS or --bounds_{name})"
+            raise UserError(f"{where}: {problem}")
         if integer:
             lo, hi = int(lo), int(hi)
         if lo == hi:
@@ -1216,11 +1207,9 @@ def resolve_config(args: argparse.Namespace) -> tuple[dict, frozenset[str]]:
                 f"--bounds_{name} and {'--no_pso' if args.no_pso else f'--{name}'} contradict "
                 f"each other: a fixed dimension is not searched; drop one"
             )
-        if lo > hi:
-            raise UserError(
-                f"--bounds_{name} {lo:g},{hi:g}: the lower bound is above the upper bound; "
-                "write LO,HI"
-            )
+        problem = pso_bounds_problem(name, lo, hi)
+        if problem:
+            raise UserError(f"--bounds_{name} {lo:g},{hi:g}: {problem}")
     if (args.start is not None or args.end is not None) and not args.plot_prediction:
         raise UserError("--start/--end set the window of --plot_prediction; add --plot_prediction")
     config = load_config(args.config, stage="pso_lstm", overrides=args.set, flags=flags)
@@ -1232,9 +1221,6 @@ def resolve_config(args: argparse.Namespace) -> tuple[dict, frozenset[str]]:
         validate_config(config)
     if config["MODE"] != "forecast":
         raise UserError(f"pso_lstm.py predicts in forecast mode; MODE is {config['MODE']!r}")
-    for key in ("PSO_C1", "PSO_C2", "PSO_W"):
-        if config[key] < 0:
-            raise UserError(f"{key} must be 0 or more, got {config[key]}")
     fixed = frozenset(PSO_DIMENSIONS) if args.no_pso else frozenset(given)
     return config, fixed
 

@@ -450,6 +450,11 @@ def validate_config(config: dict[str, Any]) -> None:
     for key in ("PATIENCE", "WARMUP_STEPS", "NUM_WORKERS", "SAMPLES_PER_EPOCH", "NUM_THREADS"):
         if config[key] < 0:
             raise UserError(f"{key} must be 0 or more, got {config[key]}")
+    for key in ("PSO_C1", "PSO_C2", "PSO_W"):
+        if not config[key] >= 0:
+            raise UserError(f"{key} must be 0 or more, got {config[key]}")
+    if not config["WEIGHT_DECAY"] >= 0:  # also NaN
+        raise UserError(f"WEIGHT_DECAY must be 0 or more, got {config['WEIGHT_DECAY']}")
     for key in ("LR", "LR_GPU"):
         if not config[key] > 0:
             raise UserError(f"{key} must be positive, got {config[key]}")
@@ -528,8 +533,31 @@ def _validate_pso_bounds(bounds: dict) -> None:
             lo, hi = (float(v) for v in pair)
         except (TypeError, ValueError):
             raise UserError(f"PSO_BOUNDS.{dim} must hold two numbers, got {pair!r}") from None
-        if lo > hi:
-            raise UserError(f"PSO_BOUNDS.{dim}: lower bound {lo} is above upper bound {hi}")
+        problem = pso_bounds_problem(dim, lo, hi)
+        if problem:
+            raise UserError(f"PSO_BOUNDS.{dim} [{lo:g}, {hi:g}]: {problem}")
+
+
+# The PSO dimensions that take whole numbers (the others are real-valued).
+PSO_INTEGER_DIMENSIONS = frozenset({"time_steps", "hidden_size", "batch_size", "num_layers"})
+
+
+def pso_bounds_problem(dim: str, lo: float, hi: float) -> str | None:
+    """What makes ``[lo, hi]`` impossible bounds of PSO dimension ``dim`` (None: they are fine).
+
+    The one rule for PSO_BOUNDS in a config, ``--bounds_<dim>`` and the search space.
+    """
+    if lo > hi:
+        return "the lower bound is above the upper bound; write LO,HI"
+    if dim in PSO_INTEGER_DIMENSIONS and not (
+        float(lo).is_integer() and float(hi).is_integer() and lo >= 1
+    ):
+        return f"{dim} takes whole numbers of at least 1"
+    if dim == "learning_rate" and lo <= 0:
+        return "the learning rate must be positive"
+    if dim == "dropout" and not (0 <= lo and hi < 1):
+        return "dropout must lie in [0, 1)"
+    return None
 
 
 def _validate_hyperopt(config: dict[str, Any]) -> None:
@@ -1220,9 +1248,7 @@ def checkpoint_payload(
         "config": dict(config),
         "scalers": scalers.to_dict(),
         "features": spec.to_dict(),
-        "channels": list(spec.channels),
         "feature_classification": spec.feature_classification(),
-        "basins": {k: list(config[k]) for k in ("TRAIN_BASINS", "VAL_BASINS", "TEST_BASINS")},
         "stage": stage,
         "epoch": int(epoch),
         "metrics": metrics,

@@ -175,3 +175,25 @@ def test_numeric_set_value_for_a_string_key_is_kept_as_text():
 def test_set_cannot_name_a_stage_section():
     with pytest.raises(UserError, match="keys, not sections"):
         load_config(overrides=["fine_tune=3"])
+
+
+@pytest.mark.parametrize(
+    "dim, pair, match",
+    [
+        ("dropout", [0.0, 1.2], r"PSO_BOUNDS.dropout \[0, 1.2\]: dropout must lie in \[0, 1\)"),
+        ("num_layers", [0, 2], "num_layers takes whole numbers of at least 1"),
+        ("learning_rate", [0, 0.01], "the learning rate must be positive"),
+        ("hidden_size", [64, 16], "the lower bound is above the upper bound"),
+    ],
+)
+def test_impossible_pso_bounds_in_a_config_are_refused_before_any_run(tmp_path, dim, pair, match):
+    recipe = tmp_path / "bounds.yaml"
+    recipe.write_text(yaml.safe_dump({"PSO_BOUNDS": {dim: pair}}))
+    with pytest.raises(UserError, match=match):
+        load_config(recipe, stage="pso_lstm")
+
+
+@pytest.mark.parametrize("key", ["PSO_C1", "PSO_W", "WEIGHT_DECAY"])
+def test_negative_coefficients_are_refused_by_the_config_check(key):
+    with pytest.raises(UserError, match=f"{key} must be 0 or more"):
+        load_config(overrides={key: -0.5})

@@ -147,7 +147,6 @@ def test_scalers_fitted_on_training_basins_and_period_only(real_data, base_confi
         real_data.source,
         {k: dataclasses.replace(b, values=b.values.copy()) for k, b in real_data.basins.items()},
         real_data.attributes.copy(),
-        real_data.input_dir,
     )
     for basin, b in changed.basins.items():
         dates = b.dates()

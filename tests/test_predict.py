@@ -24,6 +24,7 @@ from demo_fixtures import demo_args
 
 import predict
 from demo_data import write_demo_dataset
+from hydrologyDataset import FeatureSpec
 from sca2lstm import SCA2LSTM
 from utils import UserError, compute_metrics
 
@@ -315,7 +316,9 @@ def test_pso_lstm_checkpoint_predicts_for_its_basin(
 ):
     pso_lstm = pytest.importorskip("pso_lstm")
     ckpt = torch.load(pretrained_forecast, map_location="cpu", weights_only=True)
-    channels = len(ckpt["channels"])  # same forecast windows: 7 forcings + 2 discharge channels
+    channels = len(
+        FeatureSpec.from_dict(ckpt["features"]).channels
+    )  # same forecast windows: 7 forcings + 2 discharge channels
     args = pso_lstm.ModelArgs(channels, 4, 1, 0.0, 1, channels - 2, channels - 1)
     model = pso_lstm.PSOLSTM(args)
     path = tmp_path / "best_model_basin_54017.pth"
@@ -347,13 +350,13 @@ def test_pso_lstm_checkpoint_predicts_for_its_basin(
 def test_checkpoint_basin_and_groups():
     assert predict.checkpoint_basin({"stage": "fine_tune", "target_basin": 32006}) == "32006"
     assert predict.checkpoint_basin(
-        {"stage": "pso_lstm", "basins": {"TRAIN_BASINS": ["22001"]}}
+        {"stage": "pso_lstm", "config": {"TRAIN_BASINS": ["22001"]}}
     ) == ("22001")
     assert (
-        predict.checkpoint_basin({"stage": "pretrain", "basins": {"TRAIN_BASINS": ["1"]}}) is None
+        predict.checkpoint_basin({"stage": "pretrain", "config": {"TRAIN_BASINS": ["1"]}}) is None
     )
     groups = predict.basin_groups(
-        {"basins": {"TRAIN_BASINS": ["1", "2"], "VAL_BASINS": ["2"], "TEST_BASINS": ["3"]}}
+        {"config": {"TRAIN_BASINS": ["1", "2"], "VAL_BASINS": ["2"], "TEST_BASINS": ["3"]}}
     )
     assert groups == {"1": "train", "2": "train", "3": "test"}
 
