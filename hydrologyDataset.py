@@ -1167,7 +1167,7 @@ def load_model(
     try:
         spec = FeatureSpec.from_dict(ckpt["features"])
         scalers = Scalers.from_dict(ckpt["scalers"])
-        model = model_class(model_class.args_class(**ckpt["model_args"]))
+        model = model_class(model_class.args_from_saved(ckpt["model_args"]))
         model.load_state_dict(ckpt["model_state_dict"])
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
@@ -1200,6 +1200,11 @@ class CheckpointLoadable:
     def from_checkpoint(cls, path: str | Path, map_location: Any = "cpu"):
         """Rebuild the model of checkpoint ``path`` (:func:`load_model`, the model only)."""
         return load_model(path, cls, map_location).model
+
+    @classmethod
+    def args_from_saved(cls, saved: dict):
+        """The model's arguments from a checkpoint's ``model_args``."""
+        return cls.args_class(**saved)
 
     def checkpoint_problems(self, spec: FeatureSpec) -> list[str]:
         """What in this model's arguments does not fit the checkpoint's features (none here)."""

@@ -98,7 +98,7 @@ from utils import (
 
 __all__ = [
     "PSOLSTM",
-    "ModelArgs",
+    "PSOLSTMArgs",
     "Dimension",
     "SearchSpace",
     "SwarmObjective",
@@ -407,14 +407,14 @@ def run_swarm(
 
 
 @dataclass(frozen=True)
-class ModelArgs:
+class PSOLSTMArgs:
     """Hyperparameters of :class:`PSOLSTM` (saved in every checkpoint).
 
     Attributes
     ----------
     n_dynamic : int
         Channels C of the forecast windows (forcings, lagged discharge and its missing flag).
-    hidden_size, num_layers : int
+    hidden, num_layers : int
         LSTM size.
     dropout : float
         Between LSTM layers and before the head.
@@ -429,7 +429,7 @@ class ModelArgs:
     """
 
     n_dynamic: int
-    hidden_size: int = 64
+    hidden: int = 64
     num_layers: int = 2
     dropout: float = 0.3
     pred_len: int = 1
@@ -438,12 +438,21 @@ class ModelArgs:
     inputs: str = "forcings+q"
 
     @classmethod
-    def from_params(cls, params: dict, spec: FeatureSpec, inputs: str) -> ModelArgs:
+    def from_saved(cls, saved: dict) -> PSOLSTMArgs:
+        """The arguments of a checkpoint's ``model_args`` (``hidden_size`` before the rename to
+        ``hidden``, the name SCA2LSTMArgs uses)."""
+        saved = dict(saved)
+        if "hidden_size" in saved:
+            saved["hidden"] = saved.pop("hidden_size")
+        return cls(**saved)
+
+    @classmethod
+    def from_params(cls, params: dict, spec: FeatureSpec, inputs: str) -> PSOLSTMArgs:
         """Size the model from decoded hyperparameters and the windows' feature spec."""
         n = len(spec.channels)
         return cls(
             n_dynamic=n,
-            hidden_size=int(params["hidden_size"]),
+            hidden=int(params["hidden_size"]),
             num_layers=int(params["num_layers"]),
             dropout=float(params["dropout"]),
             pred_len=spec.pred_len,
@@ -471,29 +480,31 @@ class PSOLSTM(CheckpointLoadable, nn.Module):
 
     Parameters
     ----------
-    args : ModelArgs or dict
+    args : PSOLSTMArgs or dict
         The hyperparameters, or the ``model_args`` dict of a checkpoint.
     """
 
-    args_class = ModelArgs
+    args_class = PSOLSTMArgs
 
-    def __init__(self, args: ModelArgs | dict) -> None:
+    @classmethod
+    def args_from_saved(cls, saved: dict) -> PSOLSTMArgs:
+        return PSOLSTMArgs.from_saved(saved)
+
+    def __init__(self, args: PSOLSTMArgs | dict) -> None:
         super().__init__()
-        args = args if isinstance(args, ModelArgs) else ModelArgs(**args)
+        args = args if isinstance(args, PSOLSTMArgs) else PSOLSTMArgs.from_saved(args)
         if args.inputs not in INPUTS:
             raise ValueError(f"inputs must be one of {INPUTS}, got {args.inputs!r}")
         self.args = args
         inner_dropout = args.dropout if args.num_layers > 1 else 0.0
         self.lstm = nn.LSTM(
             args.n_inputs,
-            args.hidden_size,
+            args.hidden,
             args.num_layers,
             batch_first=True,
             dropout=inner_dropout,
         )
-        self.head = nn.Sequential(
-            nn.Dropout(args.dropout), nn.Linear(args.hidden_size, args.pred_len)
-        )
+        self.head = nn.Sequential(nn.Dropout(args.dropout), nn.Linear(args.hidden, args.pred_len))
         if args.reads_q:
             # The head predicts the change from the last observation: untrained = persistence.
             nn.init.zeros_(self.head[1].weight)
@@ -681,7 +692,7 @@ class BasinSetup:
             compile=self.settings.compile and not search,
         )
         torch.manual_seed(settings.seed)
-        args = ModelArgs.from_params(params, train.spec, self.config["PSO_INPUTS"])
+        args = PSOLSTMArgs.from_params(params, train.spec, self.config["PSO_INPUTS"])
         model = PSOLSTM(args).to(self.device)
         return model, fit(model, train, val, settings, self.device)
 

@@ -109,6 +109,7 @@ from utils import (
 __all__ = [
     "SCA2LSTM",
     "ModelArgs",
+    "SCA2LSTMArgs",
     "activation_memory_estimate",
     "load_config",
     "pretrain",
@@ -121,7 +122,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class ModelArgs:
+class SCA2LSTMArgs:
     """Hyperparameters of :class:`SCA2LSTM` (saved in every checkpoint).
 
     Attributes
@@ -165,7 +166,7 @@ class ModelArgs:
     future_unknown: tuple[int, ...] = ()
 
     @classmethod
-    def from_config(cls, config: dict, spec: FeatureSpec | None = None) -> ModelArgs:
+    def from_config(cls, config: dict, spec: FeatureSpec | None = None) -> SCA2LSTMArgs:
         spec = spec or FeatureSpec.from_config(config)
         channels = spec.channels
         forecast = spec.mode == "forecast"
@@ -189,6 +190,10 @@ class ModelArgs:
         )
 
 
+# The name before the PSO baseline's arguments became PSOLSTMArgs; notebooks may use it.
+ModelArgs = SCA2LSTMArgs
+
+
 class SCA2LSTM(CheckpointLoadable, nn.Module):
     """Static-conditioned channel attention + two LSTM stages.
 
@@ -199,22 +204,22 @@ class SCA2LSTM(CheckpointLoadable, nn.Module):
 
     Parameters
     ----------
-    config : dict or ModelArgs
-        A config from :func:`load_config` (the model is sized from its keys) or ModelArgs.
+    config : dict or SCA2LSTMArgs
+        A config from :func:`load_config` (the model is sized from its keys) or SCA2LSTMArgs.
 
     Attributes
     ----------
     gradient_checkpointing : bool
         Recompute each LSTM stage in the backward pass instead of keeping its activations
         (training only; the same outputs and gradients). :func:`utils.fit` sets it from
-        GRADIENT_CHECKPOINTING. Not part of the architecture, so not in ModelArgs.
+        GRADIENT_CHECKPOINTING. Not part of the architecture, so not in SCA2LSTMArgs.
     """
 
-    args_class = ModelArgs
+    args_class = SCA2LSTMArgs
 
-    def __init__(self, config: dict | ModelArgs) -> None:
+    def __init__(self, config: dict | SCA2LSTMArgs) -> None:
         super().__init__()
-        args = config if isinstance(config, ModelArgs) else ModelArgs.from_config(config)
+        args = config if isinstance(config, SCA2LSTMArgs) else SCA2LSTMArgs.from_config(config)
         self.args = args
         self.gradient_checkpointing = False
         C, S, E, H = args.n_dynamic, args.n_static, args.embedding_dim, args.hidden
@@ -357,7 +362,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def activation_memory_estimate(
-    args: ModelArgs,
+    args: SCA2LSTMArgs,
     batch_size: int,
     seq_len: int,
     bytes_per_value: int = 4,
@@ -381,7 +386,7 @@ def activation_memory_estimate(
 
     Parameters
     ----------
-    args : ModelArgs
+    args : SCA2LSTMArgs
         C = ``n_dynamic``, E = ``embedding_dim``, H = ``hidden``, layers = ``num_layers``.
     batch_size, seq_len : int
         B windows of L days.
@@ -711,7 +716,7 @@ def prepare_pretrain(
     if dry_run:
         train.subsample(256, seed=0)
         config["N_EPOCHS"] = 1
-    model = SCA2LSTM(ModelArgs.from_config(config, spec)).to(device)
+    model = SCA2LSTM(SCA2LSTMArgs.from_config(config, spec)).to(device)
     settings = TrainSettings.from_config(config, device)
     log.info(
         "SCA2LSTM (%s mode, %d channels: %s; %d static attributes), %d trainable parameters",

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sca2lstm import SCA2LSTM, ModelArgs, activation_memory_estimate  # noqa: E402
+from sca2lstm import SCA2LSTM, SCA2LSTMArgs, activation_memory_estimate  # noqa: E402
 from utils import cpu_bf16_lstm_supported, load_config, nse_star_loss  # noqa: E402
 
 MIB = 2**20
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         cfg = load_config(
             stage="pretrain", overrides={"MODE": a.mode, "MODEL_SIZE": size, "SEQ_LEN": a.seq_len}
         )
-        args = ModelArgs.from_config(cfg)
+        args = SCA2LSTMArgs.from_config(cfg)
         torch.manual_seed(0)
         model = SCA2LSTM(args).to(device).train()
         x = torch.randn(a.batch_size, a.seq_len, args.n_dynamic, device=device)

@@ -56,7 +56,7 @@ from hydrologyDataset import (  # noqa: E402
     read_attributes,
     static_matrix,
 )
-from sca2lstm import SCA2LSTM, ModelArgs  # noqa: E402
+from sca2lstm import SCA2LSTM, SCA2LSTMArgs  # noqa: E402
 from utils import (  # noqa: E402
     TrainSettings,
     UserError,
@@ -214,7 +214,7 @@ def end_to_end(config: dict, data_dir: Path, device: torch.device) -> tuple[floa
     win_device = device if config["DATA_PATH"] == "resident" else torch.device("cpu")
     train = WindowData(data, spec, scalers, basins, *period(config, "train"), device=win_device)
     seed_everything(config["SEED"])
-    model = SCA2LSTM(ModelArgs.from_config(config, spec))
+    model = SCA2LSTM(SCA2LSTMArgs.from_config(config, spec))
     settings = TrainSettings.from_config(config, device)
     result = fit(model, train, None, settings, device)
     rates = [h["samples_per_s"] for h in result.history[1:]]
@@ -244,7 +244,7 @@ def model_step(config: dict, device: torch.device, shape: Shape, repeats: int) -
     """Median samples/s of the training step alone, on one resident batch of random tensors."""
     spec = FeatureSpec.from_config(config)
     seed_everything(config["SEED"])
-    model = SCA2LSTM(ModelArgs.from_config(config, spec)).to(device).train()
+    model = SCA2LSTM(SCA2LSTMArgs.from_config(config, spec)).to(device).train()
     settings = TrainSettings.from_config(config, device)
     model.gradient_checkpointing = settings.gradient_checkpointing
     params = list(model.parameters())

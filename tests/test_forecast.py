@@ -35,7 +35,7 @@ import predict
 import sca2lstm
 from demo_data import write_demo_dataset
 from hydrologyDataset import HINDCAST_NOTE, FeatureSpec, Scalers, WindowData, load_input_data
-from sca2lstm import SCA2LSTM, ModelArgs
+from sca2lstm import SCA2LSTM, SCA2LSTMArgs
 from utils import (
     TrainSettings,
     UserError,
@@ -104,7 +104,7 @@ def test_future_inputs_empty_is_exactly_the_old_path(demo_dir, tmp_path):
     data, scalers, windows = windows_for(config, demo_dir)
     spec = windows.spec
     assert spec.future_inputs == () and spec.window_len == 6
-    args = ModelArgs.from_config(config, spec)
+    args = SCA2LSTMArgs.from_config(config, spec)
     assert args.future_len == 0 and args.future_unknown == ()
     model = randomised(SCA2LSTM(args))
     batch = windows.batch(torch.arange(len(windows)))
@@ -130,7 +130,7 @@ def test_untrained_model_is_persistence_at_every_lead_with_future_inputs(demo_di
     data, _, windows = windows_for(config, demo_dir)
     spec = windows.spec
     assert spec.window_len == 10 and spec.future_len == 4
-    model = SCA2LSTM(ModelArgs.from_config(config, spec)).eval()
+    model = SCA2LSTM(SCA2LSTMArgs.from_config(config, spec)).eval()
     assert [n for n, _ in model.named_children()] == [
         "embedding", "lstm1", "weight_head", "lstm2", "head",
     ]  # fmt: skip
@@ -152,7 +152,7 @@ def test_untrained_model_is_persistence_at_every_lead_with_future_inputs(demo_di
 
 
 def test_channel_weights_mask_discharge_and_unknown_forcings_on_lead_days():
-    args = ModelArgs(
+    args = SCA2LSTMArgs(
         n_dynamic=9, n_static=4, hidden=8, num_layers=1, dropout=0.0, embedding_dim=4,
         pred_len=2, q_channel=7, q_flag_channel=8, future_len=2, future_unknown=(1, 2),
     )  # fmt: skip
@@ -171,7 +171,7 @@ def test_no_discharge_after_the_forecast_day_reaches_the_model(demo_dir, tmp_pat
         tmp_path, SEQ_LEN=6, PRED_LEN=3, FUTURE_INPUTS=["precipitation", "temperature"]
     )
     data, scalers, windows = windows_for(config, demo_dir)
-    model = randomised(SCA2LSTM(ModelArgs.from_config(config, windows.spec)))
+    model = randomised(SCA2LSTM(SCA2LSTMArgs.from_config(config, windows.spec)))
     issue = np.datetime64("2000-02-10")
     b = data.basins["22001"]
     t = int((issue - b.start).astype(int))

@@ -319,7 +319,7 @@ def test_pso_lstm_checkpoint_predicts_for_its_basin(
     channels = len(
         FeatureSpec.from_dict(ckpt["features"]).channels
     )  # same forecast windows: 7 forcings + 2 discharge channels
-    args = pso_lstm.ModelArgs(channels, 4, 1, 0.0, 1, channels - 2, channels - 1)
+    args = pso_lstm.PSOLSTMArgs(channels, 4, 1, 0.0, 1, channels - 2, channels - 1)
     model = pso_lstm.PSOLSTM(args)
     path = tmp_path / "best_model_basin_54017.pth"
     torch.save(

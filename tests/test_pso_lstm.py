@@ -17,7 +17,7 @@ from demo_fixtures import demo_args
 
 import pso_lstm
 from hydrologyDataset import BasinData, FeatureSpec, Scalers, WindowData, load_input_data
-from pso_lstm import PSOLSTM, Dimension, ModelArgs, SwarmObjective
+from pso_lstm import PSOLSTM, Dimension, PSOLSTMArgs, SwarmObjective
 from utils import PSO_DIMENSIONS, UserError, load_config, period, predict_windows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,14 +178,14 @@ def test_particles_leaving_the_bounds_are_clipped_not_wrapped():
 
 
 def test_untrained_model_is_persistence_and_forcings_mode_ignores_discharge():
-    args = ModelArgs(n_dynamic=5, hidden_size=8, num_layers=2, q_channel=3, q_flag_channel=4)
+    args = PSOLSTMArgs(n_dynamic=5, hidden=8, num_layers=2, q_channel=3, q_flag_channel=4)
     model = PSOLSTM(args).eval()
     x, static = torch.randn(6, 10, 5), torch.randn(6, 22)
     assert torch.equal(model(x, static), x[:, -1, 3:4])
     assert torch.equal(model(x, None), model(x, static))
     with pytest.raises(ValueError, match="channel weights"):
         model(x, static, return_weights=True)
-    forcings = PSOLSTM(ModelArgs(5, 8, 1, 0.0, 2, 3, 4, inputs="forcings")).eval()
+    forcings = PSOLSTM(PSOLSTMArgs(5, 8, 1, 0.0, 2, 3, 4, inputs="forcings")).eval()
     assert forcings.lstm.input_size == 3
     other = x.clone()
     other[..., 3:] = torch.randn(6, 10, 2)
@@ -386,3 +386,10 @@ def test_cli_bad_input_exits_2_without_traceback(demo_dir, demo_workdir, tmp_pat
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
     assert "99999" in proc.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "report.log").exists()
+
+
+def test_pso_checkpoint_with_the_old_hidden_size_name_still_loads():
+    args = PSOLSTMArgs.from_saved(
+        {"n_dynamic": 5, "hidden_size": 8, "num_layers": 1, "q_channel": 3, "q_flag_channel": 4}
+    )
+    assert args.hidden == 8 and PSOLSTM(args).lstm.hidden_size == 8

@@ -14,7 +14,7 @@ import torch
 from demo_fixtures import demo_args
 
 import sca2lstm
-from sca2lstm import SCA2LSTM, ModelArgs, load_config
+from sca2lstm import SCA2LSTM, SCA2LSTMArgs, load_config
 from utils import UserError, load_checkpoint, nse_star_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ ONE_BASIN = ("--train_basins", "32006", "--val_basins", "32006", "--test_basins"
 TINY_MODEL = ("--set", "LSTM_HIDDEN_DIM=8", "--set", "EMBEDDING_DIM=4")
 
 
-def small_args(**kw) -> ModelArgs:
+def small_args(**kw) -> SCA2LSTMArgs:
     base = dict(
         n_dynamic=9,
         n_static=4,
@@ -37,7 +37,7 @@ def small_args(**kw) -> ModelArgs:
         q_flag_channel=8,
     )
     base.update(kw)
-    return ModelArgs(**base)
+    return SCA2LSTMArgs(**base)
 
 
 def test_model_from_default_config_has_freeze_groups():
@@ -121,14 +121,15 @@ def test_pretrain_outputs_and_checkpoint(pretrained_forecast):
         "config",
         "scalers",
         "features",
-        "channels",
-        "basins",
         "epoch",
         "metrics",
         "stage",
         "format_version",
     ):
         assert key in ckpt, key
+    # channels and basin lists live once, in features and config
+    assert "channels" not in ckpt and "basins" not in ckpt
+    assert ckpt["config"]["TRAIN_BASINS"] and ckpt["features"]["dynamic_inputs"]
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model_state_dict"])
     assert ckpt["synthetic_data"] is True
     # the static clamp travels with the scalers, so fine-tuning and prediction apply it unchanged
@@ -148,7 +149,7 @@ def test_pretrain_outputs_and_checkpoint(pretrained_forecast):
 
 def test_from_checkpoint_predicts_identically(pretrained_forecast):
     ckpt = load_checkpoint(pretrained_forecast)
-    a = SCA2LSTM(ModelArgs(**ckpt["model_args"]))
+    a = SCA2LSTM(SCA2LSTMArgs(**ckpt["model_args"]))
     a.load_state_dict(ckpt["model_state_dict"])
     b = SCA2LSTM.from_checkpoint(pretrained_forecast)
     x, s = torch.randn(4, 3, a.args.n_dynamic), torch.randn(4, a.args.n_static)

@@ -18,7 +18,7 @@ import sca2lstm
 from benchmarks import memory as memory_bench
 from benchmarks import scale as scale_bench
 from benchmarks import train_throughput as throughput_bench
-from sca2lstm import SCA2LSTM, ModelArgs, activation_memory_estimate, count_parameters
+from sca2lstm import SCA2LSTM, SCA2LSTMArgs, activation_memory_estimate, count_parameters
 from utils import (
     DEFAULT_CONFIG,
     MODEL_SIZE_KEYS,
@@ -31,7 +31,7 @@ from utils import (
 )
 
 
-def model_args(mode: str = "forecast", **kw) -> ModelArgs:
+def model_args(mode: str = "forecast", **kw) -> SCA2LSTMArgs:
     forecast = mode == "forecast"
     base = dict(
         n_dynamic=9 if forecast else 7,
@@ -46,7 +46,7 @@ def model_args(mode: str = "forecast", **kw) -> ModelArgs:
         q_flag_channel=8 if forecast else -1,
     )
     base.update(kw)
-    return ModelArgs(**base)
+    return SCA2LSTMArgs(**base)
 
 
 def outputs_and_grads(model: SCA2LSTM, x: torch.Tensor, static: torch.Tensor, n_last: int):
@@ -176,7 +176,7 @@ def test_activation_estimate_is_within_a_factor_two_of_saved_tensor_bytes(mode, 
     # PyTorch's native LSTM kernel saves what cuDNN keeps; its default CPU kernel (oneDNN) keeps
     # a larger workspace, which the estimate does not model (the readme says so).
     config = load_config(overrides={"MODE": mode, "MODEL_SIZE": size, "SEQ_LEN": 50})
-    args = ModelArgs.from_config(config)
+    args = SCA2LSTMArgs.from_config(config)
     torch.manual_seed(0)
     model = SCA2LSTM(args).train()
     x, static = torch.randn(8, 50, args.n_dynamic), torch.randn(8, args.n_static)
@@ -208,7 +208,7 @@ def test_model_size_flag_logs_parameters_and_memory(demo_dir, tmp_path, sca2lstm
     assert (ckpt["model_args"]["hidden"], ckpt["model_args"]["num_layers"]) == (16, 1)
     assert ckpt["model_args"]["embedding_dim"] == 8
     assert ckpt["config"]["MODEL_SIZE"] == "micro"
-    n_params = count_parameters(SCA2LSTM(sca2lstm.ModelArgs(**ckpt["model_args"])))
+    n_params = count_parameters(SCA2LSTM(sca2lstm.SCA2LSTMArgs(**ckpt["model_args"])))
     text = sca2lstm_log.text
     assert f"{n_params} trainable parameters" in text
     found = re.search(r"activation memory estimate ([\d.]+) MiB for a batch of (\d+) windows", text)
@@ -218,7 +218,7 @@ def test_model_size_flag_logs_parameters_and_memory(demo_dir, tmp_path, sca2lstm
     window = ckpt["config"]["SEQ_LEN"] + ckpt["model_args"]["future_len"]
     assert window == 4
     expected = activation_memory_estimate(
-        sca2lstm.ModelArgs(**ckpt["model_args"]), int(found.group(2)), window
+        sca2lstm.SCA2LSTMArgs(**ckpt["model_args"]), int(found.group(2)), window
     )
     assert float(found.group(1)) == pytest.approx(expected / 2**20, abs=0.05)
 
