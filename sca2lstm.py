@@ -63,6 +63,7 @@ from utils import (
     TrainSettings,
     UserError,
     add_common_args,
+    all_basins,
     basin_metrics_table,
     check_ensemble_members,
     checkpoint_payload,
@@ -692,9 +693,8 @@ def prepare_pretrain(
         "validation": config["VAL_BASINS"],
         "test": config["TEST_BASINS"],
     }
-    all_basins = list(dict.fromkeys(groups["train"] + groups["validation"] + groups["test"]))
     if data is None:
-        data = load_input_data(config, data_dir, all_basins)
+        data = load_input_data(config, data_dir, all_basins(config))
     spec = FeatureSpec.from_config(config)
     scalers = Scalers.fit(
         data, spec, groups["train"], *period(config, "train"), static_clamp=config["STATIC_CLAMP"]
@@ -862,11 +862,13 @@ def pretrain(
     resume_dir: Path | None = None,
     dry_run: bool = False,
     publish: bool = True,
+    data: InputData | None = None,
 ) -> dict:
     """Train SCA2LSTM on TRAIN_BASINS, early-stop on VAL_BASINS, score on the test period.
 
     ``publish=False`` leaves ``model_output/sca2lstm.pth`` alone (an ensemble's members: the
-    ensemble run writes it once, see :func:`train_ensemble`).
+    ensemble run writes it once, see :func:`train_ensemble`). ``data``: the basins' series,
+    loaded already (by ``main``, which checks them before the run folder exists); else loaded.
 
     Returns
     -------
@@ -874,7 +876,7 @@ def pretrain(
         ``run_dir``, ``checkpoint`` (best), ``history`` and per-basin ``metrics`` (DataFrame).
     """
     started = _pointer_stamp(output_root(config) / "sca2lstm.pth")
-    job = prepare_pretrain(config, data_dir, device, dry_run=dry_run)
+    job = prepare_pretrain(config, data_dir, device, data=data, dry_run=dry_run)
     if distributed_rank()[0] == 0:
         write_json(run_dir / "feature_classification.json", job.spec.feature_classification())
     result = train_pretrain(job, device, run_dir, resume_dir)
@@ -966,8 +968,7 @@ def run_pretrain_search(
         space = parse_space(config["HYPEROPT_SPACE"], config)
         settings = SearchSettings.from_config(config, default_name="pretrain")
     # The data are checked before the study folder exists, and the trials reuse them.
-    data = load_input_data(config, data_dir, list(dict.fromkeys(
-        config["TRAIN_BASINS"] + config["VAL_BASINS"] + config["TEST_BASINS"])))  # fmt: skip
+    data = load_input_data(config, data_dir, all_basins(config))
     search = open_search(settings, space, stage="window_sizes" if args.window_sizes else "pretrain")
     trainer = search_trainer(data_dir, device, args.dry_run, loaded=(config, data))
     study = run_search(search, trainer, config)
@@ -1063,6 +1064,7 @@ def train_member(
     member_dir: Path,
     explicit: set[str],
     dry_run: bool,
+    data: InputData | None = None,
 ) -> None:
     """Train one member into ``member_dir`` with :func:`pretrain`, or continue it.
 
@@ -1078,11 +1080,15 @@ def train_member(
     with LogFile(member_dir / "train.log"):
         log.info("ensemble member %s (seed %d)", member_dir.name, config["SEED"])
         write_run_config(member_dir, config)
-        pretrain(config, data_dir, device, member_dir, resume_dir, dry_run=dry_run, publish=False)
+        pretrain(config, data_dir, device, member_dir, resume_dir, dry_run, False, data)
 
 
 def score_ensemble(
-    config: dict, data_dir: Path, device: torch.device, checkpoints: list[Path]
+    config: dict,
+    data_dir: Path,
+    device: torch.device,
+    checkpoints: list[Path],
+    data: InputData | None = None,
 ) -> pd.DataFrame:
     """The ensemble's test-period table: the mean of the members' predictions, in mm/day.
 
@@ -1096,7 +1102,7 @@ def score_ensemble(
     scored = list(dict.fromkeys(groups["validation"] + groups["test"]))
     group_of = {b: "validation" for b in groups["validation"]}
     group_of.update({b: "test" for b in groups["test"]})
-    data = load_input_data(config, data_dir, scored)
+    data = data if data is not None else load_input_data(config, data_dir, scored)
     preds, scalers, windows = [], [], None
     for path, ckpt in ckpts:
         member = load_model(path, SCA2LSTM, device, ckpt=ckpt)
@@ -1132,8 +1138,11 @@ def train_ensemble(
     seeds: Sequence[int],
     explicit: set[str] | None = None,
     dry_run: bool = False,
+    data: InputData | None = None,
 ) -> dict:
     """Train one member per seed in ``run_dir/member_<seed>/`` and score their mean.
+
+    ``data``, the basins' series loaded once, is shared by the members (else each loads them).
 
     Members whose folder already holds test scores are kept (a resumed run continues the
     others). ``run_dir/ensemble.json`` lists the members (paths relative to it) and is rewritten
@@ -1165,10 +1174,11 @@ def train_ensemble(
             log.info("member %s (seed %d): finished earlier, kept", member_dir.name, seed)
             continue
         log.info("ensemble member %d of %d: seed %d", k + 1, len(seeds), seed)
-        train_member({**config, "SEED": seed}, data_dir, device, member_dir, explicit, dry_run)
+        member_config = {**config, "SEED": seed}
+        train_member(member_config, data_dir, device, member_dir, explicit, dry_run, data)
         write([_member_entry(d, s) for d, s in zip(dirs, seeds, strict=True)])
     entries = [_member_entry(d, s) for d, s in zip(dirs, seeds, strict=True)]
-    return report_ensemble(config, data_dir, device, run_dir, entries, started, dry_run)
+    return report_ensemble(config, data_dir, device, run_dir, entries, started, dry_run, data)
 
 
 def report_ensemble(
@@ -1179,10 +1189,11 @@ def report_ensemble(
     entries: list[dict],
     started: tuple[int, int] | None,
     dry_run: bool,
+    data: InputData | None = None,
 ) -> dict:
     """Score the finished members' mean, write the tables and the manifest, publish pointers."""
     checkpoints = [Path(e["checkpoint"]) for e in entries]
-    metrics = score_ensemble(config, data_dir, device, checkpoints)
+    metrics = score_ensemble(config, data_dir, device, checkpoints, data)
     write_csv(run_dir / "metrics_test_period.csv", metrics)
     keys = [c for c in ("data", "basin", "gauge_name", "group", "trained_on") if c in metrics]
     tables = {
@@ -1301,11 +1312,7 @@ def ensemble_main(
         config = {**config, **saved, **{k: config[k] for k in explicit}}
         log.info("resuming ensemble %s: seeds %s", run_dir, seeds)
     # Everything is checked before the run folder exists, so bad input leaves nothing behind.
-    load_input_data(
-        config,
-        data_dir,
-        list(dict.fromkeys(config["TRAIN_BASINS"] + config["VAL_BASINS"] + config["TEST_BASINS"])),
-    )
+    data = load_input_data(config, data_dir, all_basins(config))
     folder = RunFolder(
         output_root(config) / "pretrain",
         "train.log",
@@ -1315,7 +1322,9 @@ def ensemble_main(
     )
     with folder:
         log.info("ensemble of %d members, seeds %s", len(seeds), seeds)
-        return train_ensemble(config, data_dir, device, folder.path, seeds, explicit, args.dry_run)
+        return train_ensemble(
+            config, data_dir, device, folder.path, seeds, explicit, args.dry_run, data
+        )
 
 
 def _parallel_setup(args: argparse.Namespace, device, argv) -> tuple:
@@ -1406,11 +1415,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         explicit = explicit_keys(args.config, args.set, pretrain_flags(args), "pretrain")
         config = resume_config(config, explicit, resume_dir)
     # Everything is checked before the run folder exists, so bad input leaves nothing behind.
-    load_input_data(
-        config,
-        data_dir,
-        list(dict.fromkeys(config["TRAIN_BASINS"] + config["VAL_BASINS"] + config["TEST_BASINS"])),
-    )
+    data = load_input_data(config, data_dir, all_basins(config))
     folder = RunFolder(
         output_root(config) / "pretrain",
         "train.log",
@@ -1430,7 +1435,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 keys = ("study_name", "storage", "study_dir", "best_trial", "best_score")
                 source = {k: search[k] for k in (*keys, "best_params")}
                 write_json(run_dir / "hyperopt_source.json", source)
-            return pretrain(config, data_dir, device, run_dir, resume_dir, dry_run=args.dry_run)
+            return pretrain(config, data_dir, device, run_dir, resume_dir, args.dry_run, data=data)
     finally:
         if world > 1 and args.parallel and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

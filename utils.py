@@ -1027,6 +1027,11 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(_json_safe(data), indent=2) + "\n")
 
 
+def all_basins(config: dict) -> list[str]:
+    """TRAIN_BASINS, then VAL_BASINS, then TEST_BASINS, each basin once."""
+    return list(dict.fromkeys(b for key in BASIN_KEYS for b in config[key]))
+
+
 def config_summary(config: dict) -> str:
     """One short line with the settings a reader checks first (the whole config is a file)."""
     basins = ", ".join(f"{len(config[k])} {k.split('_')[0].lower()}" for k in BASIN_KEYS)

@@ -131,6 +131,19 @@ def test_dry_run_ensemble_leaves_the_pointers(demo_dir, tmp_path):
     assert not (root / "sca2lstm_ensemble.json").exists()
 
 
+def test_ensemble_reads_the_basins_once_for_all_members(demo_dir, tmp_path, monkeypatch):
+    reads = []
+    real = sca2lstm.load_input_data
+
+    def counted(config, data_dir, basins, *args, **kwargs):
+        reads.append(list(basins))
+        return real(config, data_dir, basins, *args, **kwargs)
+
+    monkeypatch.setattr(sca2lstm, "load_input_data", counted)
+    out = sca2lstm.main(pretrain_argv(demo_dir, tmp_path, "--ensemble", "2", "--dry-run"))
+    assert len(out["members"]) == 2 and len(reads) == 1
+
+
 @pytest.mark.parametrize(
     "extra, needle",
     [
