@@ -135,12 +135,6 @@ def _make_demo(args: argparse.Namespace) -> Path:
     return root
 
 
-def _slice(basin: hd.BasinData, start: np.datetime64, end: np.datetime64) -> slice:
-    i0 = max(0, int((start - basin.start).astype(int)))
-    i1 = min(len(basin.values), int((end - basin.start).astype(int)) + 1)
-    return slice(i0, max(i0, i1))
-
-
 def check_periods(config: dict, data: hd.InputData) -> None:
     """Check that every processed basin has observed target in the periods of its groups.
 
@@ -171,7 +165,7 @@ def check_periods(config: dict, data: hd.InputData) -> None:
                     f"basin {basin}: the {name} period {start}..{end} reaches beyond its data "
                     f"({b.start}..{b.end}); only the overlap is used"
                 )
-            n_obs = int(np.isfinite(b.column(target)[_slice(b, start, end)]).sum())
+            n_obs = int(np.isfinite(b.column(target)[b.rows(start, end)]).sum())
             if n_obs == 0:
                 problems.append(
                     f"basin {basin} ({b.name}) has no observed {target} in the {name} period "

@@ -97,6 +97,7 @@ from utils import (
     setup_logging,
     show_config_defaults,
     validate_config,
+    window_device,
     write_csv,
     write_ensemble_manifest,
     write_json,
@@ -414,10 +415,15 @@ def prepare(args: argparse.Namespace) -> FineTuneJob:
     split = plan_split(
         data.basins[basin], spec, config, config["FINE_TUNE_RATIO"], args.start, args.end
     )
-    win_device = device if config["DATA_PATH"] == "resident" else torch.device("cpu")
     stride = spec.eval_stride
     train = WindowData(
-        data, spec, scalers, [basin], split.train_start, split.train_end, device=win_device
+        data,
+        spec,
+        scalers,
+        [basin],
+        split.train_start,
+        split.train_end,
+        device=window_device(config, device),
     )
     val = WindowData(
         data, spec, scalers, [basin], split.val_start, split.val_end, device=device, stride=stride

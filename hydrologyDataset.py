@@ -394,6 +394,12 @@ class BasinData:
     def dates(self) -> np.ndarray:
         return self.start + np.arange(len(self.values)).astype("timedelta64[D]")
 
+    def rows(self, start: np.datetime64, end: np.datetime64) -> slice:
+        """The rows of the days ``start..end`` (inclusive) this basin has; empty when none."""
+        i0 = max(0, int((start - self.start).astype(int)))
+        i1 = min(len(self.values), int((end - self.start).astype(int)) + 1)
+        return slice(i0, max(i0, i1))
+
 
 @dataclass
 class InputData:
@@ -735,12 +741,11 @@ class Scalers:
         dyn, tgt = [], []
         for basin in basins:
             b = data.basins[basin]
-            i0 = max(0, int((start - b.start).astype(int)))
-            i1 = min(len(b.values), int((end - b.start).astype(int)) + 1)
-            if i1 <= i0:
+            rows = b.rows(start, end)
+            if rows.stop == rows.start:
                 continue
-            dyn.append(np.stack([b.column(c)[i0:i1] for c in spec.dynamic_inputs], axis=1))
-            tgt.append(b.column(spec.target)[i0:i1])
+            dyn.append(np.stack([b.column(c)[rows] for c in spec.dynamic_inputs], axis=1))
+            tgt.append(b.column(spec.target)[rows])
         if not dyn:
             raise UserError(
                 f"no data of the training basins {', '.join(basins)} falls in the training period "

@@ -91,6 +91,7 @@ from utils import (
     unique_path,
     validate_config,
     warn_synthetic,
+    window_device,
     write_csv,
     write_json,
     write_run_config,
@@ -569,10 +570,7 @@ def apply_params(config: dict, params: dict) -> dict:
 
 
 def _n_observed(b: BasinData, target: str, start: np.datetime64, end: np.datetime64) -> int:
-    q = b.column(target)
-    i0 = max(0, int((start - b.start).astype(int)))
-    i1 = min(len(q), int((end - b.start).astype(int)) + 1)
-    return int(np.isfinite(q[i0:i1]).sum()) if i1 > i0 else 0
+    return int(np.isfinite(b.column(target)[b.rows(start, end)]).sum())
 
 
 def basin_periods(config: dict, b: BasinData) -> tuple[dict[str, str], str | None]:
@@ -658,8 +656,7 @@ class BasinSetup:
         key = (seq_len, name)
         if key not in self._windows:
             spec = replace(self.spec, seq_len=seq_len)
-            resident = self.config["DATA_PATH"] == "resident"
-            device = self.device if resident or name != "train" else torch.device("cpu")
+            device = window_device(self.config, self.device, training=name == "train")
             self._windows[key] = WindowData(
                 self.data,
                 spec,

@@ -101,6 +101,7 @@ from utils import (
     show_config_defaults,
     synthetic_tag,
     warn_synthetic,
+    window_device,
     write_csv,
     write_ensemble_manifest,
     write_json,
@@ -699,10 +700,13 @@ def prepare_pretrain(
     scalers = Scalers.fit(
         data, spec, groups["train"], *period(config, "train"), static_clamp=config["STATIC_CLAMP"]
     )
-    resident = config["DATA_PATH"] == "resident"
-    win_device = device if resident else torch.device("cpu")
     train = WindowData(
-        data, spec, scalers, groups["train"], *period(config, "train"), device=win_device
+        data,
+        spec,
+        scalers,
+        groups["train"],
+        *period(config, "train"),
+        device=window_device(config, device),
     )
     val = WindowData(
         data,

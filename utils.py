@@ -1366,6 +1366,16 @@ def resolve_device(name: str = "auto", no_cuda: bool = False, config: dict | Non
     return torch.device("cpu")
 
 
+def window_device(config: dict, device, training: bool = True):
+    """Where a WindowData lives: training windows on ``device`` with DATA_PATH resident, else on
+    the CPU (DATA_PATH stream: a DataLoader feeds the device); evaluation windows on ``device``."""
+    import torch
+
+    if training and config["DATA_PATH"] != "resident":
+        return torch.device("cpu")
+    return device
+
+
 def describe_device(device) -> str:
     """The device in one line: GPU name, memory and compute capability on CUDA; CPU cores and the
     threads torch uses otherwise."""
