@@ -26,7 +26,7 @@ import contextlib
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +104,15 @@ from utils import (
     write_run_config,
 )
 
-__all__ = ["FREEZE_GROUPS", "TimeSplit", "plan_split", "prepare", "fine_tune", "main"]
+__all__ = [
+    "FREEZE_GROUPS",
+    "FineTuneRequest",
+    "TimeSplit",
+    "plan_split",
+    "prepare",
+    "fine_tune",
+    "main",
+]
 
 # Frozen unless released with --unfreeze_<group>; lstm2 and head are always trained.
 FREEZE_GROUPS = ("embedding", "lstm1", "weight_head")
@@ -356,6 +364,70 @@ def plan_split(
 
 
 @dataclass
+class FineTuneRequest:
+    """What a fine-tuning run is asked to do: the run's config and the paths, no argparse.
+
+    A notebook builds one directly::
+
+        request = FineTuneRequest(load_config(stage="fine_tune"), "22001",
+                                  Path("model_output/sca2lstm.pth"), data_dir="../shared/camels_gb")
+        job = prepare(request)
+        fine_tune(job, run_dir)
+
+    Attributes
+    ----------
+    config : dict
+        The run's config before the checkpoint's model keys are laid over it.
+    basin : str
+        The CAMELS-GB gauge id to fine-tune on.
+    pretrained : Path
+        The checkpoint (or, for :func:`fine_tune_ensemble`, an ensemble manifest).
+    explicit : set of str
+        Keys the user set (--config/--set); such a model key that differs from the checkpoint's
+        is an error, the others are inherited from it.
+    data_dir : str or None
+        The CAMELS-GB folder (None: DATA_DIR of the config).
+    demo : bool
+        Use the synthetic demo data.
+    device : str
+        auto, cpu, cuda or cuda:N.
+    start, end : numpy.datetime64 or None
+        The span of the record to split into training and validation blocks.
+    unfreeze : list of str
+        Freeze groups to train besides the default ones.
+    """
+
+    config: dict
+    basin: str
+    pretrained: Path
+    explicit: set[str] = field(default_factory=set)
+    data_dir: str | None = None
+    demo: bool = False
+    device: str = "auto"
+    no_cuda: bool = False
+    start: np.datetime64 | None = None
+    end: np.datetime64 | None = None
+    unfreeze: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> FineTuneRequest:
+        """The request of the command line."""
+        return cls(
+            config=resolve_fine_tune_config(args),
+            basin=str(args.target_basin).strip(),
+            pretrained=Path(args.pretrained_model).expanduser(),
+            explicit=explicit_keys(args.config, args.set, stage="fine_tune"),
+            data_dir=args.data_dir,
+            demo=args.demo,
+            device=args.device,
+            no_cuda=args.no_cuda,
+            start=args.start,
+            end=args.end,
+            unfreeze=[g for g in FREEZE_GROUPS if getattr(args, f"unfreeze_{g}")],
+        )
+
+
+@dataclass
 class FineTuneJob:
     """Everything a run needs, checked before its folder exists."""
 
@@ -383,7 +455,7 @@ def freeze(model: SCA2LSTM, unfrozen: Sequence[str]) -> None:
             param.requires_grad_(trainable)
 
 
-def prepare(args: argparse.Namespace) -> FineTuneJob:
+def prepare(request: FineTuneRequest) -> FineTuneJob:
     """Check every input and build the model and windows; writes no run folder.
 
     Raises
@@ -391,29 +463,26 @@ def prepare(args: argparse.Namespace) -> FineTuneJob:
     UserError
         Any bad input: config values, basin id, checkpoint, data, dates, ratio.
     """
-    run_config = resolve_fine_tune_config(args)
-    ensure_writable(output_root(run_config), "the output folder")
-    basin = str(args.target_basin).strip()
+    ensure_writable(output_root(request.config), "the output folder")
+    basin = request.basin
     if not basin.isdigit():
         raise UserError(f"--target_basin {basin!r} is not a CAMELS-GB gauge id (e.g. 32006)")
-    parent = Path(args.pretrained_model).expanduser()
+    parent = Path(request.pretrained)
     ckpt = load_checkpoint(parent)
     model, spec, scalers = model_from_checkpoint(ckpt, parent)
-    config = merge_checkpoint_config(
-        run_config, ckpt, explicit_keys(args.config, args.set, stage="fine_tune"), parent
-    )
+    config = merge_checkpoint_config(request.config, ckpt, request.explicit, parent)
     try:
-        data_dir = resolve_data_dir(args.data_dir, config, demo=args.demo)
+        data_dir = resolve_data_dir(request.data_dir, config, demo=request.demo)
     except UserError as err:
         trained_on = ckpt.get("data_dir")
-        if args.demo or args.data_dir or not trained_on:
+        if request.demo or request.data_dir or not trained_on:
             raise
         raise UserError(f"{err} (the checkpoint was trained on {trained_on})") from None
-    device = resolve_device(args.device, args.no_cuda, config)
+    device = resolve_device(request.device, request.no_cuda, config)
     data = load_input_data(config, data_dir, [basin])
     spec.check(data)
     split = plan_split(
-        data.basins[basin], spec, config, config["FINE_TUNE_RATIO"], args.start, args.end
+        data.basins[basin], spec, config, config["FINE_TUNE_RATIO"], request.start, request.end
     )
     stride = spec.eval_stride
     train = WindowData(
@@ -440,7 +509,7 @@ def prepare(args: argparse.Namespace) -> FineTuneJob:
             device=device,
             stride=stride,
         )
-    unfrozen = [g for g in FREEZE_GROUPS if getattr(args, f"unfreeze_{g}")]
+    unfrozen = [g for g in FREEZE_GROUPS if g in request.unfreeze]
     freeze(model, unfrozen)
     model.to(device)
     return FineTuneJob(
@@ -828,11 +897,11 @@ def prepare_ensemble(args: argparse.Namespace) -> tuple[Path, dict, list[FineTun
             f"--seed with the ensemble {args.pretrained_model}: each member is fine-tuned with "
             "its own seed, the one it was pretrained with; drop --seed"
         )
-    path = Path(args.pretrained_model).expanduser()
-    manifest, parents = read_ensemble_manifest(path)
-    jobs = [prepare(argparse.Namespace(**{**vars(args), "pretrained_model": p})) for p in parents]
+    request = FineTuneRequest.from_args(args)
+    manifest, parents = read_ensemble_manifest(request.pretrained)
+    jobs = [prepare(replace(request, pretrained=Path(p))) for p in parents]
     check_ensemble_members([(job.parent, job.ckpt) for job in jobs])
-    return path, manifest, jobs
+    return request.pretrained, manifest, jobs
 
 
 def fine_tune_ensemble(args: argparse.Namespace) -> dict:
@@ -949,7 +1018,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     setup_logging()
     if is_ensemble_manifest(args.pretrained_model):
         return fine_tune_ensemble(args)
-    job = prepare(args)
+    job = prepare(FineTuneRequest.from_args(args))
     results = None
     if args.search_only and not job.config["ENABLE_HYPEROPT"]:
         raise UserError("--search_only applies to a search: add --enable_hyperopt")

@@ -265,7 +265,9 @@ def test_time_split_is_ordered_and_never_touches_the_test_period(
 ):
     ckpt = request.getfixturevalue(fixture)
     argv = ft_argv(demo_dir, tmp_path, ckpt, "--fine_tune_ratio", "0.7", start="1990-01-01")
-    job = fine_train.prepare(fine_train.build_parser().parse_args(argv))
+    job = fine_train.prepare(
+        fine_train.FineTuneRequest.from_args(fine_train.build_parser().parse_args(argv))
+    )
     s = job.split
     test_start = np.datetime64(job.config["TEST_START"], "D")
     assert s.train_start <= s.train_end < s.val_start <= s.val_end < test_start
@@ -512,3 +514,29 @@ def test_every_frozen_group_released_is_still_finite(demo_dir, pretrained_foreca
     assert ckpt["freeze"] == dict.fromkeys(fine_train.FREEZE_GROUPS, False)
     assert all(torch.isfinite(t).all() for t in ckpt["model_state_dict"].values())
     assert all(math.isfinite(v["fine_tuned_nse"]) for v in result["summary"].values())
+
+
+def test_a_notebook_fine_tunes_without_argparse(demo_dir, pretrained_forecast, tmp_path):
+    config = load_config(
+        stage="fine_tune",
+        overrides={
+            "INPUT_DIR": str(tmp_path / "model_input_data"),
+            "N_EPOCHS": 1,
+            "BATCH_SIZE": 256,
+        },
+    )
+    request = fine_train.FineTuneRequest(
+        config,
+        BASIN,
+        pretrained_forecast,
+        data_dir=str(demo_dir),
+        device="cpu",
+        start=np.datetime64("1994-01-01"),
+    )
+    job = fine_train.prepare(request)
+    assert job.basin == BASIN and job.split.train_start == np.datetime64("1994-01-01")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    result = fine_train.fine_tune(job, run_dir)
+    assert Path(result["checkpoint"]).is_file()
+    assert set(result["metrics"]["model"]) == {"zero_shot", "fine_tuned"}

@@ -529,10 +529,9 @@ def test_checkpoint_from_before_future_inputs_loads_and_predicts_as_before(
     pd.testing.assert_frame_equal(runs[0]["predictions"], runs[1]["predictions"])
     assert SCA2LSTM.from_checkpoint(path).args.future_len == 0
     # fine-tuning reads it too: no future inputs, FUTURE_INPUTS [] in the merged config
+    argv = ft_args(demo_dir, demo_workdir / "forecast", path, "--epochs", "1")
     job = fine_train.prepare(
-        fine_train.build_parser().parse_args(
-            ft_args(demo_dir, demo_workdir / "forecast", path, "--epochs", "1")
-        )
+        fine_train.FineTuneRequest.from_args(fine_train.build_parser().parse_args(argv))
     )
     assert job.spec.future_inputs == () and job.config["FUTURE_INPUTS"] == []
     batch = job.val.batch(torch.arange(4))
