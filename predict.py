@@ -54,7 +54,7 @@ import importlib
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +118,15 @@ from utils import (
     write_json,
 )
 
-__all__ = ["MODEL_CLASSES", "build_parser", "main", "model_class", "read_model"]
+__all__ = [
+    "MODEL_CLASSES",
+    "PredictRequest",
+    "build_parser",
+    "main",
+    "model_class",
+    "predict",
+    "read_model",
+]
 
 # Model class name in a checkpoint -> module defining it. Modules are imported only when a
 # checkpoint names their class; every class offers ``from_checkpoint(path, map_location)``.
@@ -359,34 +367,85 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_period(args: argparse.Namespace, ckpt: dict) -> tuple[np.datetime64, np.datetime64]:
+@dataclass
+class PredictRequest:
+    """What a prediction run is asked for: the flags of ``predict.py``, no argparse.
+
+    A notebook builds one directly and calls :func:`predict`::
+
+        request = PredictRequest(["model_output/sca2lstm.pth"], basin=["22001"],
+                                 data_dir="../shared/camels_gb", no_plots=True)
+        result = predict(request, load_config(stage="predict"))
+
+    Attributes
+    ----------
+    model : list of str
+        Checkpoint paths or glob patterns (the newest match is used; with ``ensemble``, all).
+    compare : list of str
+        Checkpoints to score next to ``model``.
+    ensemble : bool
+        ``model`` names the members of an ensemble (or an ensemble manifest).
+    basin : list of str, optional
+        Basin ids; ``basins`` instead takes a comma list or ``all``. Neither: the checkpoint's.
+    start, end : str, optional
+        YYYY-MM-DD (default: the checkpoint's test period).
+    lead : int, optional
+        The lead day of the hydrograph and comparison plots (forecast mode).
+    data_dir, demo, device
+        As the flags of the same names.
+    export_weights, no_plots, log_scale : bool
+        As the flags of the same names.
+    """
+
+    model: list[str]
+    compare: list[str] = field(default_factory=list)
+    ensemble: bool = False
+    basin: list[str] | None = None
+    basins: str | None = None
+    start: str | None = None
+    end: str | None = None
+    lead: int | None = None
+    data_dir: str | None = None
+    demo: bool = False
+    device: str = "auto"
+    export_weights: bool = False
+    no_plots: bool = False
+    log_scale: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> PredictRequest:
+        """The request of the command line."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+def resolve_period(request: PredictRequest, ckpt: dict) -> tuple[np.datetime64, np.datetime64]:
     """``--start``/``--end``, else the checkpoint's test period."""
     config = ckpt.get("config") or {}
     values = []
     for flag, given, key in (
-        ("--start", args.start, "TEST_START"),
-        ("--end", args.end, "TEST_END"),
+        ("--start", request.start, "TEST_START"),
+        ("--end", request.end, "TEST_END"),
     ):
         if given is None and key not in config:
             raise UserError(f"the checkpoint holds no {key}; pass {flag} YYYY-MM-DD")
         values.append(to_day(given, flag) if given is not None else to_day(config[key], key))
     start, end = values
     if end < start:
-        said_end = "--end" if args.end is not None else "the checkpoint's test end"
-        said_start = "--start" if args.start is not None else "the checkpoint's test start"
+        said_end = "--end" if request.end is not None else "the checkpoint's test end"
+        said_start = "--start" if request.start is not None else "the checkpoint's test start"
         raise UserError(f"{said_end} {end} is before {said_start} {start}; fix the dates")
     return start, end
 
 
-def resolve_basins(args: argparse.Namespace, ckpt: dict, data_dir: Path) -> list[str]:
+def resolve_basins(request: PredictRequest, ckpt: dict, data_dir: Path) -> list[str]:
     """``--basin``/``--basins``, else the checkpoint's basin, else its test basins."""
-    if args.basin:
-        return list(dict.fromkeys(args.basin))
-    if args.basins:
-        if args.basins.strip().lower() == "all":
+    if request.basin:
+        return list(dict.fromkeys(request.basin))
+    if request.basins:
+        if request.basins.strip().lower() == "all":
             return find_source(data_dir).basins
         try:
-            return list(dict.fromkeys(csv_list(args.basins)))
+            return list(dict.fromkeys(csv_list(request.basins)))
         except argparse.ArgumentTypeError:
             raise UserError("--basins needs basin ids, e.g. 22001,22006, or 'all'") from None
     own = checkpoint_basin(ckpt)
@@ -398,9 +457,14 @@ def resolve_basins(args: argparse.Namespace, ckpt: dict, data_dir: Path) -> list
     return [str(b) for b in test]
 
 
-def resolve_data(args: argparse.Namespace, config: dict, ckpt: dict) -> Path:
+def resolve_data(request: PredictRequest, config: dict, ckpt: dict) -> Path:
     """``--data_dir``/DATA_DIR/$CAMELS_GB_DIR; else the default folder, else the checkpoint's."""
-    chosen = args.demo or args.data_dir or config.get("DATA_DIR") or os.environ.get("CAMELS_GB_DIR")
+    chosen = (
+        request.demo
+        or request.data_dir
+        or config.get("DATA_DIR")
+        or os.environ.get("CAMELS_GB_DIR")
+    )
     default = ROOT / "datasets" / "CAMELS_GB"
     saved = ckpt.get("data_dir")
     if not chosen and not default.is_dir() and saved and Path(saved).is_dir():
@@ -408,7 +472,7 @@ def resolve_data(args: argparse.Namespace, config: dict, ckpt: dict) -> Path:
             "no data folder given and %s is missing; using the checkpoint's, %s", default, saved
         )
         return Path(saved)
-    return resolve_data_dir(args.data_dir, config, demo=args.demo)
+    return resolve_data_dir(request.data_dir, config, demo=request.demo)
 
 
 # --------------------------------------------------------------------------- prediction
@@ -1175,7 +1239,7 @@ def plot_error_distribution(path: Path, runs: list[ModelRun], lead: int, title: 
 # --------------------------------------------------------------------------- ensembles
 
 
-def ensemble_members(args: argparse.Namespace) -> tuple[list[Path], Path | None]:
+def ensemble_members(request: PredictRequest) -> tuple[list[Path], Path | None]:
     """The member checkpoints of ``--ensemble``: every file ``--model`` names or matches.
 
     Each ``--model`` item is a checkpoint, a glob (every match is a member, not only the
@@ -1192,22 +1256,22 @@ def ensemble_members(args: argparse.Namespace) -> tuple[list[Path], Path | None]
         Fewer than two members, a member named twice, options an ensemble cannot take, or a
         manifest without ``--ensemble``.
     """
-    if not args.ensemble:
-        manifests = [m for m in args.model if is_ensemble_manifest(m)]
+    if not request.ensemble:
+        manifests = [m for m in request.model if is_ensemble_manifest(m)]
         if manifests:
             raise UserError(
                 f"--model {manifests[0]} is an ensemble manifest; add --ensemble to predict "
                 "with its members"
             )
         return [], None
-    if args.export_weights:
+    if request.export_weights:
         raise UserError(
             "--export_weights with --ensemble: the channel weights are a member's; predict "
             "with one member's checkpoint to export them"
         )
     paths: list[Path] = []
     manifest = None
-    for item in args.model:
+    for item in request.model:
         if is_ensemble_manifest(item) and not any(c in item for c in "*?["):
             manifest = Path(item).expanduser()
             paths += read_ensemble_manifest(manifest)[1]
@@ -1377,7 +1441,7 @@ def write_summary_plots(
 class PredictJob:
     """Everything :func:`prepare` checked and loaded; no file written yet."""
 
-    args: argparse.Namespace
+    request: PredictRequest
     config: dict
     device: torch.device
     inference: InferenceSettings
@@ -1398,11 +1462,11 @@ class PredictJob:
         return synthetic_tag(self.synthetic)
 
 
-def _load_models(args: argparse.Namespace, device) -> tuple[list, list, Path | None, list]:
+def _load_models(request: PredictRequest, device) -> tuple[list, list, Path | None, list]:
     """The checkpoints of --model/--ensemble and --compare, loaded and labelled."""
-    members, manifest = ensemble_members(args)
-    paths = members or [resolve_checkpoint(args.model, "--model")]
-    paths += [resolve_checkpoint([p], "--compare") for p in args.compare or []]
+    members, manifest = ensemble_members(request)
+    paths = members or [resolve_checkpoint(request.model, "--model")]
+    paths += [resolve_checkpoint([p], "--compare") for p in request.compare or []]
     models = [read_model(p, device) for p in paths]
     for lm, label in zip(models, _labels(models), strict=True):
         lm.label = label
@@ -1414,29 +1478,29 @@ def _load_models(args: argparse.Namespace, device) -> tuple[list, list, Path | N
     return models, members, manifest, paths
 
 
-def prepare(args: argparse.Namespace, config: dict) -> PredictJob:
+def prepare(request: PredictRequest, config: dict) -> PredictJob:
     """Check every input and load the models and the data; writes nothing."""
-    device = resolve_device(args.device, config=config)
+    device = resolve_device(request.device, config=config)
     log_device(device)
     inference = InferenceSettings.from_config(config, device)
-    models, members, manifest, paths = _load_models(args, device)
+    models, members, manifest, paths = _load_models(request, device)
     first = models[0]
     # What the run did is the checkpoint's model, inputs, windows and periods, not run.config's.
     saved = first.ckpt.get("config") or {}
     config = {**config, **{k: saved[k] for k in MODEL_KEYS if k in saved}}
     log.info("config of %s: %s", first.label, config_summary(config))
-    if args.export_weights and first.model_class != "SCA2LSTM":
+    if request.export_weights and first.model_class != "SCA2LSTM":
         raise UserError(
             f"--export_weights needs an SCA2LSTM checkpoint; {first.path} holds a "
             f"{first.model_class}, which has no channel weights"
         )
-    lead = check_lead(args.lead, models)
+    lead = check_lead(request.lead, models)
     targets = {lm.spec.target for lm in models}
     if len(targets) > 1:
         raise UserError(f"the checkpoints predict different targets ({', '.join(sorted(targets))})")
-    start, end = resolve_period(args, first.ckpt)
-    data_dir = resolve_data(args, config, first.ckpt)
-    basins = resolve_basins(args, first.ckpt, data_dir)
+    start, end = resolve_period(request, first.ckpt)
+    data_dir = resolve_data(request, config, first.ckpt)
+    basins = resolve_basins(request, first.ckpt, data_dir)
     # The data must hold every model's inputs, and precipitation for the hydrographs.
     dynamic: list[str] = []
     for lm in models:
@@ -1447,7 +1511,7 @@ def prepare(args: argparse.Namespace, config: dict) -> PredictJob:
     data = load_input_data(data_config, data_dir, basins)
     synthetic = data.synthetic or any(lm.synthetic for lm in models)
     return PredictJob(
-        args, config, device, inference, models, members, manifest, paths, lead, start, end,
+        request, config, device, inference, models, members, manifest, paths, lead, start, end,
         data_dir, basins, data, synthetic,
     )  # fmt: skip
 
@@ -1549,7 +1613,7 @@ def _metrics_doc(job: PredictJob, result: dict) -> dict:
 
 def report(job: PredictJob, result: dict, backlog: LogBacklog) -> Path:
     """Write the run folder: built hidden, renamed at the end, so a failure leaves none."""
-    args, tag = job.args, job.tag
+    request, tag = job.request, job.tag
     parent = output_root(job.config) / "predict"
     with RunFolder(parent, "predict.log", job.config, hidden=True, backlog=backlog) as folder:
         out = folder.path
@@ -1561,13 +1625,13 @@ def report(job: PredictJob, result: dict, backlog: LogBacklog) -> Path:
             write_csv(out / "operational_forecast.csv", result["forecast"])
         write_json(out / "metrics.json", _metrics_doc(job, result))
         runs = result["runs"]
-        if args.export_weights:
+        if request.export_weights:
             export_channel_weights(
                 job.models[0], runs[0].windows, job.data, out, result["batch_size"], tag
             )
-        if not args.no_plots:
+        if not request.no_plots:
             write_plots(
-                runs, job.data, job.start, job.end, out, args.log_scale, tag, job.lead,
+                runs, job.data, job.start, job.end, out, request.log_scale, tag, job.lead,
                 result["forecast"],
             )  # fmt: skip
             write_summary_plots(
@@ -1576,9 +1640,11 @@ def report(job: PredictJob, result: dict, backlog: LogBacklog) -> Path:
     return folder.path
 
 
-def predict(args: argparse.Namespace, config: dict, backlog: LogBacklog) -> dict:
-    """Everything after the arguments: check all input, predict, then write the run folder."""
-    job = prepare(args, config)
+def predict(request: PredictRequest, config: dict, backlog: LogBacklog | None = None) -> dict:
+    """Everything after the arguments: check all input, predict, then write the run folder.
+
+    ``backlog`` holds what was logged before the run folder existed (the command line's)."""
+    job = prepare(request, config)
     result = run(job)
     run_dir = report(job, result, backlog)
     return {
@@ -1612,7 +1678,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     backlog = LogBacklog().attach()
     try:
         log.info("model, inputs, scalers and mode come from the checkpoint; none is refitted")
-        return predict(args, config, backlog)
+        return predict(PredictRequest.from_args(args), config, backlog)
     finally:
         log.removeHandler(backlog)
         close_log_files()

@@ -26,7 +26,7 @@ import predict
 from demo_data import write_demo_dataset
 from hydrologyDataset import FeatureSpec
 from sca2lstm import SCA2LSTM
-from utils import UserError, compute_metrics
+from utils import UserError, compute_metrics, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -458,3 +458,44 @@ def test_help_exits_0(capsys):
         predict.main(["--help"])
     assert exit_info.value.code == 0
     assert "--export_weights" in capsys.readouterr().out
+
+
+def test_a_notebook_predicts_without_argparse(
+    demo_dir, demo_workdir, pretrained_forecast, tmp_path
+):
+    config = load_config(
+        stage="predict",
+        overrides={
+            "INPUT_DIR": str(demo_workdir / "forecast" / "model_input_data"),
+            "OUTPUT_DIR": str(tmp_path / "out"),
+        },
+    )
+    request = predict.PredictRequest(
+        [str(pretrained_forecast)],
+        basin=["22001"],
+        start="2000-01-01",
+        end="2000-03-31",
+        data_dir=str(demo_dir),
+        device="cpu",
+        no_plots=True,
+    )
+    result = predict.predict(request, config)
+    assert list(result["metrics"]["basin"]) == ["22001"]
+    assert result["metrics"].loc[0, "n_scored"] == 91
+    via_cli = predict.main(
+        run_args(
+            demo_dir,
+            demo_workdir,
+            tmp_path / "cli",
+            "--model",
+            str(pretrained_forecast),
+            "--basin",
+            "22001",
+            "--start",
+            "2000-01-01",
+            "--end",
+            "2000-03-31",
+            "--no_plots",
+        )  # fmt: skip
+    )
+    pd.testing.assert_frame_equal(result["predictions"], via_cli["predictions"])
