@@ -230,14 +230,21 @@ class ProcessJob:
     basins: list[str]
 
 
-def prepare(args: argparse.Namespace, config: dict) -> ProcessJob:
-    """Find the data, check the basins and their static attributes; writes nothing."""
-    if args.demo_dir:
-        raise UserError("--demo_dir goes with --make_demo; use --demo to process the demo data")
-    data_dir = hd.resolve_data_dir(args.data_dir, config, demo=args.demo)
+def prepare(
+    config: dict,
+    data_dir: str | Path | None = None,
+    basins: list[str] | str | None = None,
+    demo: bool = False,
+) -> ProcessJob:
+    """Find the data, check the basins and their static attributes; writes nothing.
+
+    ``data_dir`` None: DATA_DIR of the config (or ``$CAMELS_GB_DIR``); ``basins`` None: the
+    config's basin groups, ``"all"``: every basin of the data folder; ``demo``: the demo data.
+    """
+    data_dir = hd.resolve_data_dir(data_dir, config, demo=demo)
     source = hd.find_source(data_dir)
     warn_synthetic(source.synthetic, str(source.root))
-    basins = _chosen_basins(args.basins, config, source)
+    basins = _chosen_basins(basins, config, source)
     log.info(
         f"data folder {source.root}; {len(basins)} basin(s); inputs "
         f"{', '.join(config['DYNAMIC_INPUTS'])}; target {config['TARGET']}; static attributes "
@@ -341,7 +348,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         if args.demo or args.data_dir:
             raise UserError("--make_demo only writes demo data; drop --demo/--data_dir")
         return _make_demo(args)
-    job = prepare(args, config)
+    if args.demo_dir:
+        raise UserError("--demo_dir goes with --make_demo; use --demo to process the demo data")
+    job = prepare(config, args.data_dir, args.basins, args.demo)
     out, records, rebuilt, data = run(job, args.workers, args.overwrite)
     report(job, out, records, rebuilt, data)
     return out
