@@ -601,11 +601,19 @@ def test_rerun_reuses_and_changes_rebuild(data_copy, dp_args, sca2lstm_log):
     assert manifest["rebuilt"] == ["22001", "32006"] and manifest["reused"] == []
 
 
-def test_manifest_and_attribute_table(camels_gb_dir, dp_args, input_dir):
+@pytest.fixture(scope="module")
+def processed(camels_gb_dir, tmp_path_factory):
+    """One data_process.py run over 10003 and 22001: (output folder, config, source)."""
+    input_dir = tmp_path_factory.mktemp("processed") / "model_input_data"
     config = load_config(stage="data_process", overrides=[f"INPUT_DIR={input_dir}"])
-    out = data_process.main(dp_args(camels_gb_dir, "--basins", "10003,22001", "--workers", "1"))
+    argv = ["--data_dir", str(camels_gb_dir), "--set", f"INPUT_DIR={input_dir}"]
+    out = data_process.main([*argv, "--basins", "10003,22001", "--workers", "1"])
     assert out == hd.input_dir_for(config, camels_gb_dir) and out.parent == input_dir
-    source = hd.find_source(camels_gb_dir)
+    return out, config, hd.find_source(camels_gb_dir)
+
+
+def test_manifest_records_format_and_settings(processed, camels_gb_dir):
+    out, config, _ = processed
     manifest = manifest_of(out)
     assert manifest["format"] == hd.INPUT_FORMAT
     assert manifest["synthetic"] is False
@@ -626,6 +634,12 @@ def test_manifest_and_attribute_table(camels_gb_dir, dp_args, input_dir):
         "validation": ["1975-10-01", "1980-09-30"],
         "test": ["1998-01-01", "2008-12-31"],
     }
+    assert manifest["rebuilt"] == ["10003", "22001"] and manifest["reused"] == []
+
+
+def test_manifest_records_each_basin_source_and_counts(processed):
+    out, _, source = processed
+    manifest = manifest_of(out)
     assert list(manifest["basins"]) == ["10003", "22001"]
     rec = manifest["basins"]["10003"]
     path = source.timeseries["10003"]
@@ -634,21 +648,32 @@ def test_manifest_and_attribute_table(camels_gb_dir, dp_args, input_dir):
     assert (rec["start"], rec["end"], rec["n_days"]) == ("1970-10-01", "2015-09-30", N_DAYS)
     assert rec["missing"][Q] == 4613 and rec["missing"]["precipitation"] == 0
     assert rec["gauge_name"] == "Ythan at Ellon"
-    assert set(manifest["attribute_files"]) == set(hd.ATTRIBUTE_GROUPS)
-    for group, entry in manifest["attribute_files"].items():
+
+
+def test_manifest_records_the_attribute_files(processed):
+    out, _, source = processed
+    files = manifest_of(out)["attribute_files"]
+    assert set(files) == set(hd.ATTRIBUTE_GROUPS)
+    for group, entry in files.items():
         path = source.attributes[group]
         assert entry == {
             "path": str(path.resolve()),
             "md5": hashlib.md5(path.read_bytes()).hexdigest(),
         }
-    assert manifest["rebuilt"] == ["10003", "22001"] and manifest["reused"] == []
 
+
+def test_attribute_table_holds_names_and_values(processed):
+    out, config, _ = processed
     table = pd.read_csv(out / "attributes.csv", dtype={"gauge_id": str})
     assert list(table.columns) == ["gauge_id", "gauge_name", *config["STATIC_ATTRIBUTES"]]
     assert table["gauge_id"].tolist() == ["10003", "22001"]
     assert table["gauge_name"].tolist() == ["Ythan at Ellon", "Coquet at Morwick"]
     assert table["area"].tolist() == pytest.approx([532.29, 578.25])
     assert table["elev_mean"].tolist() == pytest.approx([108.0, 225.0])
+
+
+def test_arrays_hold_every_day_of_every_column(processed):
+    out, config, _ = processed
     for basin in ("10003", "22001"):
         with np.load(out / f"{basin}.npz") as npz:
             assert npz["values"].shape == (N_DAYS, len(config["DYNAMIC_INPUTS"]) + 1)

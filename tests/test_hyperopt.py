@@ -79,44 +79,65 @@ def journal_study(study_dir: Path, name: str):
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def test_search_results_pruning_and_final_model(camels_gb_dir, input_dir, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_search(camels_gb_dir, tmp_path_factory) -> dict:
+    """One search of 3 enqueued trials (the third with a hopeless learning rate, so it is
+    pruned) and its final model: the study folder, results, trials and run folder."""
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
-    # Enqueued trials make the search deterministic: the third has a hopeless learning rate.
+    tmp_path = tmp_path_factory.mktemp("tiny_search")
     study_dir = tmp_path / "model_output" / "hyperopt" / "tiny"
     study_dir.mkdir(parents=True)
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(study_dir / "journal.log")))
     study = optuna.create_study(study_name="tiny", storage=storage, direction="maximize")
     for lr, hidden in ((1.0e-2, 16), (1.0e-2, 8), (10.0, 16)):
         study.enqueue_trial({"LR": lr, "LSTM_HIDDEN_DIM": hidden})
-    args = search_args(camels_gb_dir, tmp_path, input_dir, "--epochs", "2")
+    args = search_args(camels_gb_dir, tmp_path, tmp_path / "model_input_data", "--epochs", "2")
     out = sca2lstm.main([*args, "--enable_hyperopt", "--n_trials", "3", "--study_name", "tiny"])
-
     doc = json.loads((study_dir / "hyperopt_results.json").read_text())
+    trials = {t["number"]: t for t in doc["trials"]}
+    best = max((trials[0], trials[1]), key=lambda t: t["value"])
+    return {"dir": study_dir, "root": tmp_path, "out": out, "doc": doc, "trials": trials,
+            "best": best}  # fmt: skip
+
+
+def test_search_results_record_budget_sampler_and_space(tiny_search):
+    doc = tiny_search["doc"]
     assert doc["n_trials"] == 3 and doc["budget"] == 3
     assert doc["sampler"] == {"class": "TPESampler", "seed": 42, **TPE}
     assert doc["pruner"] == {"class": "MedianPruner", **PRUNER}
     assert doc["search_space"] == SPACE
-    trials = {t["number"]: t for t in doc["trials"]}
+
+
+def test_hopeless_trial_is_pruned_after_one_epoch(tiny_search):
+    doc, trials = tiny_search["doc"], tiny_search["trials"]
     assert [trials[n]["state"] for n in range(3)] == ["COMPLETE", "COMPLETE", "PRUNED"]
     assert trials[2]["params"]["LR"] == 10.0 and trials[2]["epochs_run"] == 1
     assert doc["n_pruned"] == 1 and doc["epochs_saved_by_pruning"] == 1
+
+
+def test_completed_trials_score_their_best_validation_epoch(tiny_search):
+    doc, trials, best = tiny_search["doc"], tiny_search["trials"], tiny_search["best"]
     for t in (trials[0], trials[1]):
         assert t["epochs_run"] == 2 and t["seconds"] > 0
         assert t["value"] == pytest.approx(max(t["intermediate_values"].values()))
         assert t["val_nse_per_basin"]["32006"] == pytest.approx(t["intermediate_values"]["2"])
-    best = max((trials[0], trials[1]), key=lambda t: t["value"])
     assert doc["best_params"] == best["params"] and doc["best_score"] == best["value"]
+
+
+def test_search_writes_trials_table_and_plots_but_no_test_scores(tiny_search):
+    study_dir = tiny_search["dir"]
     table = pd.read_csv(study_dir / "trials.csv")
     assert list(table["state"]) == ["COMPLETE", "COMPLETE", "PRUNED"]
     for plot in ("optimization_history.png", "param_importances.png", "slice.png"):
         assert (study_dir / plot).stat().st_size > 1000
     assert not list(study_dir.glob("metrics*"))  # the search scores no test period
 
-    # The final model: a normal pretraining run with the best settings.
-    run_dir = Path(out["run_dir"])
-    ckpt = load_checkpoint(tmp_path / "model_output" / "sca2lstm.pth")
+
+def test_final_model_trains_with_the_best_trial(tiny_search):
+    best, run_dir = tiny_search["best"], Path(tiny_search["out"]["run_dir"])
+    ckpt = load_checkpoint(tiny_search["root"] / "model_output" / "sca2lstm.pth")
     assert ckpt["config"]["LR"] == best["params"]["LR"]
     assert ckpt["config"]["LSTM_HIDDEN_DIM"] == best["params"]["LSTM_HIDDEN_DIM"]
     assert ckpt["model_args"]["hidden"] == best["params"]["LSTM_HIDDEN_DIM"]

@@ -86,67 +86,93 @@ def area_km2(demo_dir: Path, basin: str) -> float:
     return float(table.set_index("gauge_id").at[basin, "area"])
 
 
-def test_round_trip_forecast_metrics_plots_and_weights(
-    demo_dir, demo_workdir, pretrained_forecast, tmp_path
-):
-    out = tmp_path / "out"
-    basins = ["22001", "54017"]
+ROUND_TRIP_BASINS = ["22001", "54017"]
+ROUND_TRIP_DAYS = [
+    str(d) for d in np.arange(np.datetime64("2000-01-01"), np.datetime64("2001-01-01"))
+]
+
+
+@pytest.fixture(scope="module")
+def round_trip(demo_dir, demo_workdir, pretrained_forecast, tmp_path_factory) -> dict:
+    """One forecast-mode predict.py run over two basins and 2000, with --export_weights."""
+    out = tmp_path_factory.mktemp("round_trip") / "out"
     result = predict.main(
         run_args(
             demo_dir, demo_workdir, out, "--model", str(pretrained_forecast),
-            "--basins", ",".join(basins), "--start", "2000-01-01", "--end", "2000-12-31",
-            "--export_weights",
+            "--basins", ",".join(ROUND_TRIP_BASINS), "--start", "2000-01-01",
+            "--end", "2000-12-31", "--export_weights",
         )
     )  # fmt: skip
-    run = result["run_dir"]
+    return {**result, "out": out}
+
+
+def test_round_trip_leaves_one_finished_run_folder(round_trip):
+    run, out = round_trip["run_dir"], round_trip["out"]
     assert run.parent == out / "predict"
     assert [p.name for p in (out / "predict").iterdir()] == [run.name]  # no temporary folder left
-    preds, metrics = read_outputs(run)
-    assert (preds["data"] == "SYNTHETIC").all() and (metrics["data"] == "SYNTHETIC").all()
-    assert list(metrics["basin"]) == basins
-    pd.testing.assert_frame_equal(
-        metrics.drop(columns=["gauge_name", "checkpoint", "model", "data", "group"]),
-        result["metrics"].drop(columns=["gauge_name", "checkpoint", "model", "data", "group"]),
-        check_dtype=False,
-        rtol=1e-5,
-    )
-    days = [str(d) for d in np.arange(np.datetime64("2000-01-01"), np.datetime64("2001-01-01"))]
-    for basin in basins:
-        p = preds[preds["basin"] == basin]
-        assert list(p["date"]) == days and (p["lead"] == 1).all()
-        row = metrics.set_index("basin").loc[basin]
-        o, s = p["obs_mm_day"].to_numpy(), p["sim_mm_day"].to_numpy()
-        # with utils
-        ref = compute_metrics(o, s)
-        ref["rmse_mm_day"], ref["mae_mm_day"] = ref.pop("rmse"), ref.pop("mae")
-        for key, value in ref.items():
-            assert row[key] == pytest.approx(value, **CLOSE), key
-        q_ref = compute_metrics(p["obs_m3s"], p["sim_m3s"])
-        assert row["rmse_m3s"] == pytest.approx(q_ref["rmse"], **CLOSE)
-        assert row["mae_m3s"] == pytest.approx(q_ref["mae"], **CLOSE)
-        # with plain NumPy, and the units from the attribute table
-        for key, value in numpy_metrics(o, s).items():
-            assert row[key] == pytest.approx(value, **CLOSE), key
-        factor = area_km2(demo_dir, basin) * 1000 / 86400
-        np.testing.assert_allclose(p["obs_m3s"], o * factor, rtol=1e-5)
-        np.testing.assert_allclose(p["sim_m3s"], s * factor, rtol=1e-5)
-        # persistence: Q(d) predicted by the observed Q(d - 1) of the raw CSV
-        q = raw_discharge(demo_dir, basin)
-        np.testing.assert_allclose(o, q.loc[p["date"]].to_numpy(), rtol=1e-5)
-        prev_days = [str(np.datetime64(d) - 1) for d in p["date"]]
-        prev = q.loc[prev_days].to_numpy()
-        assert row["persistence_nse"] == pytest.approx(numpy_metrics(o, prev)["nse"], **CLOSE)
-        skill = 1 - np.mean((s - o) ** 2) / np.mean((prev - o) ** 2)
-        assert row["skill_vs_persistence"] == pytest.approx(skill, **CLOSE)
-        for kind in ("hydrograph", "scatter", "residuals", "fdc"):
-            assert_png(run / f"{kind}_{basin}.png")
     assert not list(run.glob("compare_*"))
     assert (run / "predict.log").stat().st_size > 0 and (run / "config.yaml").is_file()
     saved = pd.read_json(run / "metrics.json", typ="series")
     assert saved["data"] == "SYNTHETIC" and saved["start"] == "2000-01-01"
 
-    # channel weights: 9 channels, 3 steps, one window per predicted day; weights sum to the
-    # number of valid channels (all 9: discharge is observed throughout 2000)
+
+def test_round_trip_tables_match_what_main_returned(round_trip):
+    preds, metrics = read_outputs(round_trip["run_dir"])
+    assert (preds["data"] == "SYNTHETIC").all() and (metrics["data"] == "SYNTHETIC").all()
+    assert list(metrics["basin"]) == ROUND_TRIP_BASINS
+    drop = ["gauge_name", "checkpoint", "model", "data", "group"]
+    pd.testing.assert_frame_equal(
+        metrics.drop(columns=drop),
+        round_trip["metrics"].drop(columns=drop),
+        check_dtype=False,
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("basin", ROUND_TRIP_BASINS)
+def test_round_trip_scores_recompute_from_the_predictions(round_trip, demo_dir, basin):
+    preds, metrics = read_outputs(round_trip["run_dir"])
+    p = preds[preds["basin"] == basin]
+    assert list(p["date"]) == ROUND_TRIP_DAYS and (p["lead"] == 1).all()
+    row = metrics.set_index("basin").loc[basin]
+    o, s = p["obs_mm_day"].to_numpy(), p["sim_mm_day"].to_numpy()
+    # with utils
+    ref = compute_metrics(o, s)
+    ref["rmse_mm_day"], ref["mae_mm_day"] = ref.pop("rmse"), ref.pop("mae")
+    for key, value in ref.items():
+        assert row[key] == pytest.approx(value, **CLOSE), key
+    q_ref = compute_metrics(p["obs_m3s"], p["sim_m3s"])
+    assert row["rmse_m3s"] == pytest.approx(q_ref["rmse"], **CLOSE)
+    assert row["mae_m3s"] == pytest.approx(q_ref["mae"], **CLOSE)
+    # with plain NumPy, and the units from the attribute table
+    for key, value in numpy_metrics(o, s).items():
+        assert row[key] == pytest.approx(value, **CLOSE), key
+    factor = area_km2(demo_dir, basin) * 1000 / 86400
+    np.testing.assert_allclose(p["obs_m3s"], o * factor, rtol=1e-5)
+    np.testing.assert_allclose(p["sim_m3s"], s * factor, rtol=1e-5)
+
+
+@pytest.mark.parametrize("basin", ROUND_TRIP_BASINS)
+def test_round_trip_persistence_is_the_raw_csv_of_the_day_before(round_trip, demo_dir, basin):
+    preds, metrics = read_outputs(round_trip["run_dir"])
+    p = preds[preds["basin"] == basin]
+    row = metrics.set_index("basin").loc[basin]
+    o, s = p["obs_mm_day"].to_numpy(), p["sim_mm_day"].to_numpy()
+    q = raw_discharge(demo_dir, basin)
+    np.testing.assert_allclose(o, q.loc[p["date"]].to_numpy(), rtol=1e-5)
+    prev_days = [str(np.datetime64(d) - 1) for d in p["date"]]
+    prev = q.loc[prev_days].to_numpy()
+    assert row["persistence_nse"] == pytest.approx(numpy_metrics(o, prev)["nse"], **CLOSE)
+    skill = 1 - np.mean((s - o) ** 2) / np.mean((prev - o) ** 2)
+    assert row["skill_vs_persistence"] == pytest.approx(skill, **CLOSE)
+    for kind in ("hydrograph", "scatter", "residuals", "fdc"):
+        assert_png(round_trip["run_dir"] / f"{kind}_{basin}.png")
+
+
+def test_round_trip_channel_weights_sum_to_the_valid_channels(round_trip):
+    # 9 channels, 3 steps, one window per predicted day; weights sum to the number of valid
+    # channels (all 9: discharge is observed throughout 2000)
+    run, basins, days = round_trip["run_dir"], ROUND_TRIP_BASINS, ROUND_TRIP_DAYS
     daily = pd.read_csv(run / "channel_weights_daily.csv", dtype={"basin": str})
     assert list(daily.columns) == ["date", "basin", "step", "channel", "weight"]
     assert len(daily) == len(basins) * len(days) * 3 * 9
