@@ -30,6 +30,7 @@ CHECKS = {
     "forecast.yaml": ("pretrain", "BATCH_SIZE_GPU", 256),
     "forecast_future.yaml": ("pretrain", "PRED_LEN", 7),
     "fine_tune.yaml": ("fine_tune", "SAMPLES_PER_EPOCH", 1024),
+    "fine_tune_365.yaml": ("pretrain", "SEQ_LEN", 365),
 }
 # Where the run folders go, and the seed: set by whoever runs a recipe, not by it.
 RUN_KEYS = ("OUTPUT_DIR", "INPUT_DIR", "SEED")
