@@ -9,6 +9,10 @@ Every stage reads data through this module and never opens a CSV itself::
     spec = FeatureSpec.from_config(config)
     scalers = Scalers.fit(data, spec, config["TRAIN_BASINS"], *period(config, "train"))
     train = WindowData(data, spec, scalers, config["TRAIN_BASINS"], *period(config, "train"))
+
+:class:`WindowData` is the dataset class: every window of some basins and one period, as
+tensors. :class:`WindowSamples` hands its samples to a torch DataLoader (DATA_PATH stream).
+:func:`load_model` is the one way from a checkpoint to its model, feature spec and scalers.
 """
 
 from __future__ import annotations
@@ -1074,9 +1078,9 @@ class WindowData:
         """The scaled target of every sample and output, ``[S, n_out]`` (see ``y_mask``)."""
         return self.y[self.sample_end[:, None] + self._targets]
 
-    def to_dataset(self) -> CamelsGBDataset:
+    def to_dataset(self) -> WindowSamples:
         """The same samples as a map-style torch Dataset (the streaming path)."""
-        return CamelsGBDataset(self)
+        return WindowSamples(self)
 
 
 try:
@@ -1085,7 +1089,7 @@ except ImportError:  # pragma: no cover - torch is a hard dependency, this keeps
     _TorchDataset = object
 
 
-class CamelsGBDataset(_TorchDataset):
+class WindowSamples(_TorchDataset):
     """Map-style dataset over the samples of a CPU :class:`WindowData`, for a torch DataLoader.
 
     The streaming path (DATA_PATH: stream) uses it with NUM_WORKERS, PIN_MEMORY, PREFETCH_FACTOR
@@ -1094,7 +1098,7 @@ class CamelsGBDataset(_TorchDataset):
 
     def __init__(self, windows: WindowData) -> None:
         if windows.device.type != "cpu":
-            raise ValueError("CamelsGBDataset reads CPU tensors; build the WindowData on the CPU")
+            raise ValueError("WindowSamples reads CPU tensors; build the WindowData on the CPU")
         self.windows = windows
 
     def __len__(self) -> int:
