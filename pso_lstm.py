@@ -967,6 +967,60 @@ def report_basin(job: BasinJob, model, result, best: dict, search: dict, metrics
     return checkpoint
 
 
+def write_best_params(
+    job: BasinJob, best: dict, search: dict, space: SearchSpace, run_dir: Path
+) -> None:
+    """``best_params.json``: the chosen setting, what was searched and how."""
+    write_json(
+        run_dir / "best_params.json",
+        {
+            "basin": job.basin,
+            "gauge_name": job.b.name,
+            "params": best,
+            "searched": list(space.names),
+            "fixed": space.fixed,
+            "bounds": {d.name: [d.lo, d.hi] for d in space.dims},
+            "inputs": job.config["PSO_INPUTS"],
+            "search": search,
+            "options": {k: job.config[f"PSO_{k.upper()}"] for k in ("c1", "c2", "w")},
+            "seed": job.config["SEED"],
+            "periods": job.periods,
+        },
+    )
+
+
+def train_final(
+    job: BasinJob,
+    best: dict,
+    run_dir: Path,
+    window: tuple[np.datetime64, np.datetime64] | None,
+) -> tuple:
+    """The final model: the best setting, early stopping on validation, the test period scored
+    once (and the ``--plot_prediction`` window). Returns ``(model, result, metrics)``."""
+    job.config = apply_params(job.config, best)
+    log.info(
+        "final training: %d epochs at most, patience %d",
+        job.config["N_EPOCHS"],
+        job.config["PATIENCE"],
+    )
+    model, result = job.setup.train(best, job.config["N_EPOCHS"])
+    write_csv(run_dir / "history.csv", pd.DataFrame(result.history))
+    plot_training_curve(
+        result.history,
+        run_dir / "training_curve.png",
+        f"PSO-LSTM basin {job.basin} {job.b.name}",
+    )
+    seq_len = int(best["time_steps"])
+    tables = [
+        _metrics_rows(job.setup, model, job.setup.windows(seq_len, name), name,
+                      *period(job.config, name))[0]
+        for name in ("validation", "test")
+    ]  # fmt: skip
+    if window is not None:
+        tables.append(plot_window(job, model, seq_len, window, run_dir))
+    return model, result, pd.concat(tables, ignore_index=True)
+
+
 def run_basin(
     basin: str,
     config: dict,
@@ -1011,43 +1065,8 @@ def run_basin(
     write_run_config(run_dir, job.config)
     log.info("PSO dimensions %s", space.describe())
     best, search = search_basin(job, space, run_dir)
-    write_json(
-        run_dir / "best_params.json",
-        {
-            "basin": basin,
-            "gauge_name": job.b.name,
-            "params": best,
-            "searched": list(space.names),
-            "fixed": space.fixed,
-            "bounds": {d.name: [d.lo, d.hi] for d in space.dims},
-            "inputs": job.config["PSO_INPUTS"],
-            "search": search,
-            "options": {k: job.config[f"PSO_{k.upper()}"] for k in ("c1", "c2", "w")},
-            "seed": job.config["SEED"],
-            "periods": job.periods,
-        },
-    )
-    # Final model: the best setting, early stopping on validation; the test period scored once.
-    job.config = apply_params(job.config, best)
-    log.info(
-        "final training: %d epochs at most, patience %d",
-        job.config["N_EPOCHS"],
-        job.config["PATIENCE"],
-    )
-    model, result = job.setup.train(best, job.config["N_EPOCHS"])
-    write_csv(run_dir / "history.csv", pd.DataFrame(result.history))
-    plot_training_curve(
-        result.history, run_dir / "training_curve.png", f"PSO-LSTM basin {basin} {job.b.name}"
-    )
-    seq_len = int(best["time_steps"])
-    tables = [
-        _metrics_rows(job.setup, model, job.setup.windows(seq_len, name), name,
-                      *period(job.config, name))[0]
-        for name in ("validation", "test")
-    ]  # fmt: skip
-    if window is not None:
-        tables.append(plot_window(job, model, seq_len, window, run_dir))
-    metrics = pd.concat(tables, ignore_index=True)
+    write_best_params(job, best, search, space, run_dir)
+    model, result, metrics = train_final(job, best, run_dir, window)
     checkpoint = report_basin(job, model, result, best, search, metrics, space, run_dir)
     return {
         "run_dir": run_dir,
