@@ -169,7 +169,14 @@ def read_table(path: str) -> pd.DataFrame:
 
 
 def main(argv=None) -> dict[str, pd.DataFrame]:
-    a = build_parser().parse_args(argv)
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.uniform_table and a.scenario != "horizon":
+        parser.error("--uniform_table goes with --scenario horizon")
+    if a.uniform_table and not Path(a.uniform_table).is_file():
+        parser.error(
+            f"--uniform_table {a.uniform_table} does not exist; run --scenario future first"
+        )
     t0 = time.perf_counter()
     tables, commands = {}, []
     if a.scenario == "horizon" and a.uniform_table:
