@@ -1518,7 +1518,7 @@ def prepare(request: PredictRequest, config: dict) -> PredictJob:
 
 def run(job: PredictJob) -> dict:
     """Predict with every model and build the tables (in memory)."""
-    warn_synthetic(job.synthetic, "the data or a model")
+    warn_synthetic(job.synthetic, "the data or a checkpoint")
     for lm in job.models:
         if lm.spec.future_inputs:
             log.info(

@@ -760,7 +760,7 @@ def prepare_pretrain(
         len(val),
         device,
     )
-    warn_synthetic(data.synthetic, "training")
+    warn_synthetic(data.synthetic, "the training data")
     log_future_inputs(spec)
     return PretrainJob(config, spec, data, scalers, groups, train, val, model, settings)
 

@@ -830,7 +830,7 @@ def warn_synthetic(synthetic: bool, what: str = "the data") -> None:
     """The one warning that scores on synthetic demo data say nothing about real catchments."""
     if synthetic:
         log.warning(
-            "%s: SYNTHETIC demo data, not CAMELS-GB; the scores say nothing about real catchments",
+            "%s holds SYNTHETIC demo data, not CAMELS-GB; scores say nothing about real catchments",
             what,
         )
 
