@@ -37,6 +37,19 @@ def demo_args(demo_dir: Path, work: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def write_short_record(root: Path) -> Path:
+    """Demo basin 22001 over 1999-2001 whose discharge ends on 2001-06-30 while the forcings
+    go on to 2001-12-31: forecasts past the last observation."""
+    import pandas as pd
+
+    write_demo_dataset(root, ["22001"], "1999-01-01", "2001-12-31")
+    (csv,) = (root / "timeseries").glob("*.csv")
+    frame = pd.read_csv(csv, dtype=str)
+    frame.loc[frame["date"] > "2001-06-30", ["discharge_spec", "discharge_vol"]] = "NaN"
+    frame.to_csv(csv, index=False)
+    return root
+
+
 def _pretrain(demo_dir: Path, work: Path, *extra: str) -> Path:
     import sca2lstm
 

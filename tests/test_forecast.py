@@ -28,12 +28,12 @@ from demo_fixtures import (  # noqa: F401
     pretrained_forecast,
     pretrained_future,
     pretrained_simulate,
+    write_short_record,
 )
 
 import fine_train
 import predict
 import sca2lstm
-from demo_data import write_demo_dataset
 from hydrologyDataset import HINDCAST_NOTE, FeatureSpec, Scalers, WindowData, load_input_data
 from sca2lstm import SCA2LSTM, SCA2LSTMArgs
 from utils import (
@@ -475,12 +475,7 @@ def test_bad_lead_cli_exits_2_without_traceback(
 def test_forecast_past_the_last_observation_is_labelled_and_unscored(
     pretrained_future, pretrained_forecast, tmp_path, sca2lstm_log
 ):
-    root = tmp_path / "short"
-    write_demo_dataset(root, ["22001"], "1999-01-01", "2001-12-31")
-    (csv,) = (root / "timeseries").glob("*.csv")
-    frame = pd.read_csv(csv, dtype=str)
-    frame.loc[frame["date"] > "2001-06-30", ["discharge_spec", "discharge_vol"]] = "NaN"
-    frame.to_csv(csv, index=False)
+    root = write_short_record(tmp_path / "short")
     expected = {
         # known forcings end with the data: the newest forecast is issued 3 days before the end
         pretrained_future: ("2001-12-28", ["2001-12-29", "2001-12-30", "2001-12-31"]),

@@ -20,10 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from demo_fixtures import demo_args
+from demo_fixtures import demo_args, write_short_record
 
 import predict
-from demo_data import write_demo_dataset
 from hydrologyDataset import FeatureSpec
 from sca2lstm import SCA2LSTM
 from utils import UserError, compute_metrics, load_config
@@ -216,12 +215,7 @@ def test_simulate_defaults_to_checkpoint_test_basins_and_period(
 def test_forecast_beyond_last_observation_has_no_metrics(
     demo_workdir, pretrained_forecast, tmp_path, sca2lstm_log
 ):
-    root = tmp_path / "short"
-    write_demo_dataset(root, ["22001"], "1999-01-01", "2001-12-31")
-    (csv,) = (root / "timeseries").glob("*.csv")
-    frame = pd.read_csv(csv, dtype=str)
-    frame.loc[frame["date"] > "2001-06-30", ["discharge_spec", "discharge_vol"]] = "NaN"
-    frame.to_csv(csv, index=False)
+    root = write_short_record(tmp_path / "short")
 
     def run(out: Path, start: str, end: str, *extra: str) -> dict:
         return predict.main(
