@@ -130,6 +130,7 @@ SCHEMA: dict[str, type | tuple[type, ...]] = {
     "PREFETCH_FACTOR": int,
     "PERSISTENT_WORKERS": bool,
     "NUM_THREADS": int,
+    "FLUSH_DENORMAL": bool,
     "PSO_N_PARTICLES": int,
     "PSO_ITERS": int,
     "PSO_EPOCHS": int,
@@ -1304,6 +1305,54 @@ def set_threads(n: int) -> int:
     return used
 
 
+def flush_denormal_supported() -> bool:
+    """Whether this CPU can flush subnormal floats to zero (x86 with SSE3); the current setting
+    is kept."""
+    import torch
+
+    flushing = denormals_flushed()
+    supported = torch.set_flush_denormal(True)
+    torch.set_flush_denormal(flushing)
+    return supported
+
+
+def denormals_flushed() -> bool:
+    """Whether float32 arithmetic in this process flushes subnormal results to zero now."""
+    import torch
+
+    tiny = torch.tensor([1.0e-37], dtype=torch.float32)
+    return bool((tiny * 1.0e-3).item() == 0.0)  # 1e-40 is subnormal in float32
+
+
+def set_flush_denormal(on: bool) -> bool:
+    """Flush subnormal floats to zero in CPU arithmetic (FLUSH_DENORMAL), probing support first.
+
+    In training, the gradient that flows back from the scored days of a long window shrinks
+    step by step, and far back in the window it reaches subnormal magnitudes (below 1.2e-38 in
+    float32), which x86 CPUs compute in slow microcode. Flushing them to zero changes no result
+    that matters: measured on this project's 2-core CPU, the same losses and validation NSE to
+    the last printed digit, and an epoch of 365-day forecast windows 6.5 times faster (16.9 s
+    against 2.6 s for 1,024 windows), of simulate windows 3 times faster.
+
+    Returns
+    -------
+    bool
+        Whether subnormals are now flushed (False when asked not to, or when the CPU cannot).
+    """
+    import torch
+
+    if not on:
+        torch.set_flush_denormal(False)
+        return False
+    if torch.set_flush_denormal(True):
+        return True
+    log.info(
+        "FLUSH_DENORMAL: this CPU cannot flush subnormal floats to zero; training on long "
+        "windows runs slower here (see run.config)"
+    )
+    return False
+
+
 def resolve_device(name: str = "auto", no_cuda: bool = False, config: dict | None = None):
     """Return the ``torch.device`` to train on and apply the CUDA settings of ``config``.
 
@@ -1328,6 +1377,7 @@ def resolve_device(name: str = "auto", no_cuda: bool = False, config: dict | Non
 
     if config is not None:
         set_threads(config["NUM_THREADS"])
+        set_flush_denormal(config["FLUSH_DENORMAL"])
 
     name = (name or "auto").strip().lower()
     if no_cuda:
@@ -1540,6 +1590,7 @@ def _torch_report() -> dict[str, Any]:
         "torch_default_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_bf16_lstm": cpu_bf16_lstm_supported(),
+        "cpu_flush_denormal": flush_denormal_supported(),
     }
 
 
@@ -1553,7 +1604,7 @@ def environment_report() -> dict[str, Any]:
         cannot be imported): ``torch``, ``cuda_available``, ``cuda_version``, ``cudnn_version``,
         ``gpu_count``, ``gpus`` (name, memory_gib, compute_capability each), ``gpu_driver``,
         ``torch_threads`` (NUM_THREADS, else PyTorch's default), ``torch_default_threads``,
-        ``cpu_capability``, ``cpu_bf16_lstm``; ``required`` and ``optional``
+        ``cpu_capability``, ``cpu_bf16_lstm``, ``cpu_flush_denormal``; ``required`` and ``optional``
         (lists of :func:`package_status`), and ``missing``, the required ones that fail.
     """
     required = [package_status(m, d) for m, d in REQUIRED_PACKAGES]
@@ -1570,7 +1621,7 @@ def environment_report() -> dict[str, Any]:
     }
     torch_keys = ("torch", "cuda_available", "cuda_version", "cudnn_version", "gpu_count")
     torch_keys += ("gpus", "gpu_driver", "torch_threads", "torch_default_threads")
-    torch_keys += ("cpu_capability", "cpu_bf16_lstm")
+    torch_keys += ("cpu_capability", "cpu_bf16_lstm", "cpu_flush_denormal")
     report.update(dict.fromkeys(torch_keys))
     if required[0]["error"] is None:
         report.update(_torch_report())
@@ -1614,6 +1665,12 @@ def format_environment(report: dict[str, Any]) -> str:
         ),
         ("CPU capability", show(report["cpu_capability"])),
         ("CPU bf16 LSTM kernels", bf16),
+        (
+            "CPU flushes subnormals",
+            "yes (FLUSH_DENORMAL applies)"
+            if report["cpu_flush_denormal"]
+            else "no (FLUSH_DENORMAL has no effect; long windows train slower)",
+        ),
     ]
     if report["torch"] is None:
         unknown = "unknown (torch cannot be imported)"

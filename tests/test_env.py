@@ -23,6 +23,7 @@ from utils import (
     InferenceSettings,
     check_environment,
     cpu_bf16_lstm_supported,
+    denormals_flushed,
     describe_device,
     environment_report,
     format_environment,
@@ -43,6 +44,7 @@ ITEMS = (
     "CPU cores",
     "torch threads",
     "CPU bf16 LSTM kernels",
+    "CPU flushes subnormals",
 )
 PACKAGES = ("torch", "numpy", "pandas", "PyYAML", "tqdm", "matplotlib", "pyswarms")
 CPU_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -89,6 +91,10 @@ def test_environment_report_names_every_item_and_gpu_items_as_none(capsys):
     assert item(text, "torch threads").startswith(f"{threads} (NUM_THREADS")
     bf16 = item(text, "CPU bf16 LSTM kernels")
     assert bf16.startswith("supported" if cpu_bf16_lstm_supported() else "not supported")
+    flushed_before = denormals_flushed()
+    flush = item(text, "CPU flushes subnormals")
+    assert flush.startswith("yes" if torch.set_flush_denormal(flushed_before) else "no")
+    assert denormals_flushed() == flushed_before  # the report probes without changing it
     assert text.rstrip().endswith("result: ready")
     if not torch.cuda.is_available():
         for name in ("CUDA version", "cuDNN version", "GPU", "GPU driver"):
@@ -123,7 +129,9 @@ def test_report_without_torch_says_unknown_instead_of_guessing():
     # report is this machine's with its torch part taken away; a slow test below hides it for real.
     report = environment_report()
     torch_status = {**report["required"][0], "version": None, "error": "ModuleNotFoundError"}
-    report.update(dict.fromkeys(("torch", "cuda_available", "gpus", "cpu_bf16_lstm")))
+    report.update(
+        dict.fromkeys(("torch", "cuda_available", "gpus", "cpu_bf16_lstm", "cpu_flush_denormal"))
+    )
     report.update(required=[torch_status, *report["required"][1:]], missing=[torch_status])
     text = format_environment(report)
     for name in ITEMS:

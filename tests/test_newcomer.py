@@ -14,7 +14,16 @@ from demo_fixtures import demo_args
 
 import hydrologyDataset as hd
 import sca2lstm
-from utils import UserError, load_checkpoint, load_config, save_checkpoint, set_threads
+from utils import (
+    UserError,
+    denormals_flushed,
+    load_checkpoint,
+    load_config,
+    resolve_device,
+    save_checkpoint,
+    set_flush_denormal,
+    set_threads,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_BASIN = ("--train_basins", "32006", "--val_basins", "32006", "--test_basins", "22001")
@@ -124,6 +133,24 @@ def test_threads_are_set_and_logged(caplog):
         torch.set_num_threads(before)
     with pytest.raises(UserError, match="NUM_THREADS must be 0 or more"):
         load_config(overrides=["NUM_THREADS=-1"])
+
+
+def test_flush_denormal_follows_the_config_key():
+    before = denormals_flushed()
+    try:
+        device = resolve_device("cpu", config=load_config(overrides=["FLUSH_DENORMAL=false"]))
+        assert device.type == "cpu" and not denormals_flushed()
+        tiny = torch.tensor([1.0e-37]) * 1.0e-3
+        assert 0.0 < tiny.item() < 1.2e-38  # a subnormal float32 survives
+        resolve_device("cpu", config=load_config())  # run.config: FLUSH_DENORMAL true
+        # Where the CPU can flush (x86 with SSE3), the same product is now exactly zero.
+        assert denormals_flushed() == set_flush_denormal(True)
+        if denormals_flushed():
+            assert (torch.tensor([1.0e-37]) * 1.0e-3).item() == 0.0
+    finally:
+        torch.set_flush_denormal(before)
+    with pytest.raises(UserError, match="FLUSH_DENORMAL"):
+        load_config(overrides=["FLUSH_DENORMAL=maybe"])
 
 
 def test_predict_marks_in_sample_days(
