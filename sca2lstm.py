@@ -643,15 +643,14 @@ def log_future_inputs(spec: FeatureSpec) -> None:
     log.info(HINDCAST_NOTE)
 
 
-def channel_weight_table(model: SCA2LSTM, windows: WindowData, data: InputData, batch_size: int):
-    """Mean channel weight per basin over all windows and steps of ``windows``."""
-    import pandas as pd
-
-    _, weights = predict_windows(model, windows, batch_size=batch_size, return_weights=True)
+def channel_weight_table(window_weights: np.ndarray, windows: WindowData, data: InputData):
+    """Mean channel weight per basin over all windows and steps of ``windows``, from each
+    window's mean over its steps ``[S, C]`` (:func:`utils.predict_windows` with
+    ``mean_weights``; every window has the same number of steps)."""
     owner = windows.sample_basin.cpu().numpy()
     rows = []
     for k, basin in enumerate(windows.basins):
-        mean = weights[owner == k].mean(axis=(0, 1))  # [C]
+        mean = window_weights[owner == k].mean(axis=0)  # [C]
         rows.append(
             {
                 "basin": basin,
@@ -812,7 +811,7 @@ def score_test_period(job: PretrainJob, device, run_dir: Path) -> tuple:
         stride=spec.eval_stride,
     )  # fmt: skip
     batch = eval_batch_size(job.settings.batch_size)
-    pred = predict_windows(job.model, test, batch_size=batch)
+    pred, window_weights = predict_windows(job.model, test, batch_size=batch, mean_weights=True)
     metrics = basin_metrics_table(test, pred, data, group_of)
     # Validation basins are often training basins too: their test-period days are unseen, but
     # the basin is not. Say which is which, in the table and in the log.
@@ -822,7 +821,7 @@ def score_test_period(job: PretrainJob, device, run_dir: Path) -> tuple:
     if spec.mode == "forecast":
         by_lead = lead_metrics_table(test, pred, data, group_of)
         write_csv(run_dir / "metrics_by_lead_test_period.csv", by_lead)
-    weights = channel_weight_table(job.model, test, data, batch)
+    weights = channel_weight_table(window_weights, test, data)
     write_csv(run_dir / "channel_weights.csv", weights)
     plot_channel_weights(
         weights, run_dir / "channel_weights.png", f"SCA2LSTM mean channel weights, test period{tag}"
@@ -1093,12 +1092,18 @@ def score_ensemble(
     device: torch.device,
     checkpoints: list[Path],
     data: InputData | None = None,
-) -> pd.DataFrame:
-    """The ensemble's test-period table: the mean of the members' predictions, in mm/day.
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The ensemble's test-period tables: the mean of the members' predictions, in mm/day.
 
     Each member predicts the validation and test basins over the test period with its own
     scalers; :func:`utils.ensemble_prediction` averages in physical units and
     :func:`utils.basin_metrics_table` scores the mean, as for one model.
+
+    Returns
+    -------
+    tuple
+        ``(metrics, by_lead)``: the per-basin table and, in forecast mode, the per-basin,
+        per-lead table of :func:`utils.lead_metrics_table` (else None).
     """
     ckpts = [(path, load_checkpoint(path)) for path in checkpoints]
     check_ensemble_members(ckpts)
@@ -1126,7 +1131,10 @@ def score_ensemble(
     mean = ensemble_prediction(preds, scalers, scalers[0])["mean"]
     metrics = basin_metrics_table(windows, mean, data, group_of)
     metrics.insert(3, "trained_on", metrics["basin"].isin(config["TRAIN_BASINS"]))
-    return mark_synthetic(metrics, data.synthetic)
+    by_lead = None
+    if windows.spec.mode == "forecast":
+        by_lead = lead_metrics_table(windows, mean, data, group_of)
+    return mark_synthetic(metrics, data.synthetic), by_lead
 
 
 def _median(values) -> float | None:
@@ -1197,8 +1205,10 @@ def report_ensemble(
 ) -> dict:
     """Score the finished members' mean, write the tables and the manifest, publish pointers."""
     checkpoints = [Path(e["checkpoint"]) for e in entries]
-    metrics = score_ensemble(config, data_dir, device, checkpoints, data)
+    metrics, by_lead = score_ensemble(config, data_dir, device, checkpoints, data)
     write_csv(run_dir / "metrics_test_period.csv", metrics)
+    if by_lead is not None:
+        write_csv(run_dir / "metrics_by_lead_test_period.csv", by_lead)
     keys = [c for c in ("data", "basin", "gauge_name", "group", "trained_on") if c in metrics]
     tables = {
         f"seed_{e['seed']}": pd.DataFrame(load_checkpoint(p)["metrics"]["per_basin"])
@@ -1219,13 +1229,13 @@ def report_ensemble(
         "mean_of_members_median_test_nse": float(np.mean([e["median_test_nse"] for e in entries])),
         "median_of_member_mean_nse": _median(side["nse_member_mean"]),
     }
+    files = {"ensemble": "metrics_test_period.csv", "side_by_side": "members_vs_ensemble.csv"}
+    if by_lead is not None:
+        files["ensemble_by_lead"] = "metrics_by_lead_test_period.csv"
     extra = {
         "best_member": {"seed": best["seed"], "chosen_by": "validation NSE (best_val_nse)"},
         "ensemble_metrics": summary,
-        "tables": {
-            "ensemble": "metrics_test_period.csv",
-            "side_by_side": "members_vs_ensemble.csv",
-        },
+        "tables": files,
     }
     write_ensemble_manifest(
         run_dir / ENSEMBLE_MANIFEST, "pretrain", entries, complete=True, **extra

@@ -2700,7 +2700,7 @@ def predict_windows(
     model,
     windows,
     batch_size: int = EVAL_BATCH,
-    return_weights: bool = False,
+    mean_weights: bool = False,
     inference: InferenceSettings | None = None,
 ):
     """Run ``model`` over every sample of ``windows`` in order.
@@ -2711,8 +2711,9 @@ def predict_windows(
     Returns
     -------
     numpy.ndarray
-        ``[S, n_out]`` predictions in scaled units; with ``return_weights`` also the channel
-        weights ``[S, L, C]`` (float32; L + PRED_LEN days with future inputs).
+        ``[S, n_out]`` predictions in scaled units; with ``mean_weights`` also each window's
+        channel weights averaged over its days, ``[S, C]`` (float32), from the same pass (the
+        full ``[S, L, C]`` weights of a long test period would not fit in memory).
     """
     import torch
 
@@ -2722,18 +2723,18 @@ def predict_windows(
     preds, weights = [], []
     with torch.no_grad(), _autocast(windows.device, inference.mixed_precision):
         for batch in windows.iter_batches(batch_size, shuffle=False):
-            if return_weights:
+            if mean_weights:
                 out, w = step(
                     batch["x"], batch["static"], return_weights=True, n_last=batch["y"].shape[1]
                 )
-                weights.append(w.float().cpu().numpy())
+                weights.append(w.float().mean(dim=1).cpu().numpy())
             else:
                 out = step(batch["x"], batch["static"], n_last=batch["y"].shape[1])
             preds.append(out.float().cpu().numpy())
     n_out = windows.spec.n_out
     pred = np.concatenate(preds) if preds else np.zeros((0, n_out), np.float32)
-    if return_weights:
-        shape = (0, windows.spec.window_len, len(windows.spec.channels))
+    if mean_weights:
+        shape = (0, len(windows.spec.channels))
         return pred, (np.concatenate(weights) if weights else np.zeros(shape, np.float32))
     return pred
 

@@ -341,3 +341,41 @@ def test_fine_tune_manifest_refuses_one_seed_and_a_missing_member(ensemble, demo
     with pytest.raises(UserError, match="member_5/best_model.pth missing"):
         fine_train.main([*base, "--pretrained_model", str(broken / "ensemble.json")])
     assert not (tmp_path / "fine_tune").exists()
+
+
+def test_forecast_ensemble_scores_its_mean_by_lead(demo_dir, tmp_path):
+    tiny_forecast = (
+        "--seq_len", "10", "--pred_len", "2", "--set", "LSTM_HIDDEN_DIM=8",
+        "--set", "EMBEDDING_DIM=4", "--epochs", "1", "--set", "SAMPLES_PER_EPOCH=256",
+        "--set", "BATCH_SIZE=64", "--set", "LR=1.0e-2",
+    )  # fmt: skip
+    argv = demo_args(demo_dir, tmp_path, "--device", "cpu", *TRAIN, *tiny_forecast)
+    result = sca2lstm.main([*argv, "--seeds", "3,5"])
+    run = result["run_dir"]
+    table = pd.read_csv(run / "metrics_by_lead_test_period.csv", dtype={"basin": str})
+    pairs = sorted(zip(table["basin"], table["lead"], strict=True))
+    assert pairs == [(b, k) for b in ("22001", "32006") for k in (1, 2)]
+    manifest = json.loads((run / "ensemble.json").read_text())
+    assert manifest["tables"]["ensemble_by_lead"] == "metrics_by_lead_test_period.csv"
+    # predict.py scores the same mean over the test period, lead by lead
+    res = predict.main(
+        predict_argv(
+            demo_dir, tmp_path, tmp_path / "pred", "--ensemble",
+            "--model", str(run / "ensemble.json"),
+            "--start", "1998-01-01", "--end", "2008-12-31", "--basin", "22001",
+        )
+    )  # fmt: skip
+    by_lead = pd.read_csv(res["run_dir"] / "metrics_by_lead.csv", dtype={"basin": str})
+    ens = by_lead[by_lead["model"] == "ensemble_of_2"].set_index("lead")
+    ours = table[table["basin"] == "22001"].set_index("lead")
+    # Lead 1 scores the same days. predict.py scores the forecasts issued inside the range, the
+    # run's table every day of the period at every lead, so lead 2 holds one more day there.
+    assert ours.loc[1, "n_scored"] == ens.loc[1, "n_scored"]
+    assert ours.loc[1, "nse"] == pytest.approx(ens.loc[1, "nse"], **CLOSE)
+    assert ours.loc[1, "persistence_nse"] == pytest.approx(ens.loc[1, "persistence_nse"], **CLOSE)
+    assert ours.loc[2, "n_scored"] == ens.loc[2, "n_scored"] + 1
+    members = [
+        pd.read_csv(run / f"member_{s}" / "metrics_by_lead_test_period.csv", dtype={"basin": str})
+        for s in (3, 5)
+    ]
+    assert not np.allclose(members[0]["nse"], members[1]["nse"])  # the members differ

@@ -151,6 +151,22 @@ def test_untrained_model_is_persistence_at_every_lead_with_future_inputs(demo_di
     assert (table["nse"].diff().dropna() < 0).all()  # persistence decays with the lead
 
 
+def test_channel_weight_table_is_the_mean_over_windows_and_steps(demo_dir, tmp_path):
+    config = config_for(tmp_path, SEQ_LEN=6, PRED_LEN=2)
+    data, _, windows = windows_for(config, demo_dir)
+    model = randomised(SCA2LSTM(SCA2LSTMArgs.from_config(config, windows.spec))).eval()
+    pred, window_weights = predict_windows(model, windows, batch_size=7, mean_weights=True)
+    batch = windows.batch(torch.arange(len(windows)))
+    with torch.no_grad():
+        out, weights = model(batch["x"], batch["static"], return_weights=True)
+    np.testing.assert_allclose(pred, out.numpy(), rtol=1e-5, atol=1e-6)  # one pass gives both
+    assert window_weights.shape == (len(windows), len(windows.spec.channels))
+    table = sca2lstm.channel_weight_table(window_weights, windows, data)
+    expected = weights.mean(dim=(0, 1)).numpy()  # every window and step of basin 22001
+    np.testing.assert_allclose(table[list(windows.spec.channels)].iloc[0], expected, rtol=1e-5)
+    assert table["discharge_lag"].iloc[0] < expected.max()  # masked on the 2 lead days
+
+
 def test_channel_weights_mask_discharge_and_unknown_forcings_on_lead_days():
     args = SCA2LSTMArgs(
         n_dynamic=9, n_static=4, hidden=8, num_layers=1, dropout=0.0, embedding_dim=4,
