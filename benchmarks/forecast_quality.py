@@ -16,12 +16,17 @@ their mean, persistence and the skill over it. Each scenario's settings are a re
 - ``baseline`` (``configs/forecast.yaml``): FUTURE_INPUTS [] with PRED_LEN 1 and SEQ_LEN 3, the
   recipe of ``pretrain_quality.py --scenario forecast``: reproduces its median 0.708.
 
+``--ensemble`` trains the seeds as the members of one ensemble run (``sca2lstm.py --seeds``); the
+checks then read the ensemble (the mean of the members' predictions, column ``nse_ensemble``),
+and the last lead is held against the simulate-mode zero-shot ensemble.
+
 In a hindcast the observed forcings stand in for a weather forecast, so these scores are an upper
 bound of what a real forecast reaches.
 
 Usage::
 
     python benchmarks/forecast_quality.py --scenario future --seeds 1 2 3
+    python benchmarks/forecast_quality.py --scenario future --seeds 1 2 3 --ensemble
     python benchmarks/forecast_quality.py --scenario horizon --seeds 1 2 3
     python benchmarks/forecast_quality.py --scenario baseline --seeds 1 2 3
     python benchmarks/forecast_quality.py --scenario future --seeds 1 --epochs 1 --seq_len 20 \\

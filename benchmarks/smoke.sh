@@ -34,6 +34,8 @@ run pretrain_zeroshot_ensemble $P benchmarks/pretrain_quality.py --scenario zero
   --ensemble $T --seq_len 30 --predict_last_n 10 --data_dir "$D" --output "$W/pqe.csv"
 run forecast_future $P benchmarks/forecast_quality.py --scenario future --seeds 1 $T --seq_len 20 \
   --pred_len 3 --data_dir "$D" --output "$W/fq"
+run forecast_future_ensemble $P benchmarks/forecast_quality.py --scenario future --seeds 1 2 $T \
+  --seq_len 20 --pred_len 3 --ensemble --data_dir "$D" --output "$W/fqe"
 run forecast_horizon $P benchmarks/forecast_quality.py --scenario horizon --seeds 1 $T \
   --seq_len 20 --pred_len 3 --horizon_weights 1.5,1,0.5 --uniform_table "$W/fq_uniform.csv" \
   --data_dir "$D" --output "$W/fq"
