@@ -467,8 +467,13 @@ def open_search(settings: SearchSettings, space: dict[str, Dimension], stage: st
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = _open_url_storage(settings) if settings.storage_url else None
-    created = not settings.study_dir.exists()
-    settings.study_dir.mkdir(parents=True, exist_ok=True)
+    # mkdir is atomic: of two workers starting at once, only the one that made the folder may
+    # remove it when its own start fails (never the folder the other one is using).
+    try:
+        settings.study_dir.mkdir(parents=True)
+        created = True
+    except FileExistsError:
+        created = False
     try:
         if storage is None:
             storage = _open_journal(settings)
@@ -499,8 +504,9 @@ def _check_stored_space(study, space: dict[str, Dimension], stage: str, settings
     doc = json.loads(json.dumps(space_doc(space)))  # as the storage gives it back
     stored = study.user_attrs.get("search_space")
     if stored is None:
-        study.set_user_attr("search_space", doc)
+        # The stage first: a worker that reads the search space then reads the stage too.
         study.set_user_attr("stage", stage)
+        study.set_user_attr("search_space", doc)
         return
     if stored != doc or study.user_attrs.get("stage") != stage:
         raise UserError(
