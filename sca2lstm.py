@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -226,9 +227,14 @@ class SCA2LSTM(CheckpointLoadable, nn.Module):
         self.gradient_checkpointing = False
         C, S, E, H = args.n_dynamic, args.n_static, args.embedding_dim, args.hidden
         inner_dropout = args.dropout if args.num_layers > 1 else 0.0
-        self.embedding = nn.Sequential(
-            nn.Linear(S, E), nn.ReLU(), nn.Dropout(args.dropout), nn.Linear(E, E), nn.Tanh()
-        )
+        with warnings.catch_warnings():
+            # STATIC_ATTRIBUTES []: the first layer has no weights (its output is its bias), so
+            # the embedding is one learned vector shared by every basin; torch warns that it
+            # cannot initialise a zero-element weight.
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            self.embedding = nn.Sequential(
+                nn.Linear(S, E), nn.ReLU(), nn.Dropout(args.dropout), nn.Linear(E, E), nn.Tanh()
+            )
         self.lstm1 = nn.LSTM(C + E, H, args.num_layers, batch_first=True, dropout=inner_dropout)
         self.weight_head = nn.Linear(H + E, C)
         self.lstm2 = nn.LSTM(C + H + E, H, args.num_layers, batch_first=True, dropout=inner_dropout)
@@ -844,11 +850,16 @@ def _log_test_scores(metrics, unseen, summary: dict, run_dir: Path, pointer) -> 
             extra,
             "  (a training basin: unseen days, seen basin)" if row["trained_on"] else "",
         )
+    unseen_part = (
+        f"{summary['median_test_nse_unseen_basins']:.3f} over {len(unseen)} basins never "
+        "trained on, "
+        if len(unseen)
+        else "every scored basin is a training basin (in-sample basins, unseen days): "
+    )
     log.info(
-        "median test-period NSE %.3f over %d basins never trained on, %.3f over all %d scored "
-        "(training basins included); best epoch %d; checkpoint %s%s",
-        summary["median_test_nse_unseen_basins"] or float("nan"),
-        len(unseen),
+        "median test-period NSE %s%.3f over all %d scored (training basins included); "
+        "best epoch %d; checkpoint %s%s",
+        unseen_part,
         summary["median_test_nse"],
         len(metrics),
         summary["best_epoch"],
@@ -1279,12 +1290,15 @@ def log_ensemble(
             row["nse_member_mean"],
             row["nse_ensemble"],
         )
+    unseen = summary["median_test_nse_unseen_basins"]
     log.info(
-        "ensemble of %d: median test-period NSE %.3f (%.3f over basins never trained on); the "
+        "ensemble of %d: median test-period NSE %.3f (%s); the "
         "members' medians %s; best member on validation: seed %d%s",
         len(names),
         summary["median_test_nse"] or float("nan"),
-        summary["median_test_nse_unseen_basins"] or float("nan"),
+        "every scored basin is a training basin"
+        if unseen is None
+        else f"{unseen:.3f} over basins never trained on",
         ", ".join(f"{v:.3f}" for v in summary["members_median_test_nse"]),
         best,
         f" (now {pointer})" if pointer else "",

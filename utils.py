@@ -511,9 +511,12 @@ def validate_config(config: dict[str, Any]) -> None:
         for basin in config[key]:
             if not basin.isdigit():
                 raise UserError(f"{key} holds {basin!r}, which is not a CAMELS-GB gauge id")
-    for key in ("DYNAMIC_INPUTS", "STATIC_ATTRIBUTES"):
-        if not all(isinstance(v, str) for v in config[key]) or not config[key]:
-            raise UserError(f"{key} must be a non-empty list of column names")
+    dynamic = config["DYNAMIC_INPUTS"]
+    if not dynamic or not all(isinstance(v, str) for v in dynamic):
+        raise UserError("DYNAMIC_INPUTS must be a non-empty list of column names")
+    # [] is allowed: the embedding is then a learned constant (see SCA2LSTM).
+    if not all(isinstance(v, str) for v in config["STATIC_ATTRIBUTES"]):
+        raise UserError("STATIC_ATTRIBUTES must be a list of column names ([] for none)")
     _check_future_inputs(config)
     check_horizon_weights(config["HORIZON_WEIGHTS"], config)
     _validate_pso_bounds(config["PSO_BOUNDS"])

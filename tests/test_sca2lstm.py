@@ -157,6 +157,61 @@ def test_from_checkpoint_predicts_identically(pretrained_forecast):
     assert torch.equal(a.eval()(x, s), b.eval()(x, s))
 
 
+def test_no_static_attributes_pretrain_predict_and_fine_tune(demo_dir, tmp_path):
+    """STATIC_ATTRIBUTES []: the embedding is one learned vector shared by every basin, and the
+    checkpoint carries that through prediction and fine-tuning."""
+    import warnings
+
+    import fine_train
+    import predict
+
+    none = ("--set", "STATIC_ATTRIBUTES=[]", "--device", "cpu", *TINY_MODEL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # not even torch's zero-element warning
+        result = sca2lstm.main(demo_args(demo_dir, tmp_path, "--dry-run", "--pred_len", "2", *none))
+    ckpt = load_checkpoint(result["checkpoint"])
+    assert ckpt["config"]["STATIC_ATTRIBUTES"] == [] and ckpt["model_args"]["n_static"] == 0
+    assert ckpt["scalers"]["static_mean"] == [] and ckpt["scalers"]["static_min"] == []
+    metrics = pd.read_csv(result["run_dir"] / "metrics_test_period.csv")
+    assert metrics["nse"].notna().all() and len(metrics) >= 2
+    model = SCA2LSTM.from_checkpoint(result["checkpoint"]).eval()
+    assert model.embedding[0].weight.shape == (4, 0)
+    emb = model.embedding(torch.zeros(3, 0))
+    assert emb.shape == (3, 4) and torch.equal(emb[0], emb[2]) and emb.abs().sum() > 0
+    # trained: the model is no longer persistence, and its forecasts respond to the inputs
+    x = torch.randn(2, 3, model.args.n_dynamic)
+    x[..., -1] = 0.0
+    assert not torch.equal(model(x, torch.zeros(2, 0))[0], model(x.flip(1), torch.zeros(2, 0))[0])
+
+    out = predict.main(
+        demo_args(
+            demo_dir, tmp_path, "--model", str(result["checkpoint"]), "--basins", "22001,54017",
+            "--start", "2000-01-01", "--end", "2000-03-31", "--output_dir", str(tmp_path / "p"),
+            "--device", "cpu",
+        )
+    )  # fmt: skip
+    assert out["metrics"]["nse"].notna().all() and len(out["metrics"]) == 2
+    tuned = fine_train.main(
+        demo_args(
+            demo_dir, tmp_path, "--target_basin", "22001", "--pretrained_model",
+            str(result["checkpoint"]), "--device", "cpu", "--epochs", "1", "--start", "1995-01-01",
+        )
+    )  # fmt: skip
+    tuned_ckpt = load_checkpoint(tuned["checkpoint"])
+    assert tuned_ckpt["model_args"]["n_static"] == 0
+    assert tuned_ckpt["features"]["static_attributes"] == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [({"STATIC_ATTRIBUTES": ["area", 3]}, "STATIC_ATTRIBUTES must be a list of column names"),
+     ({"DYNAMIC_INPUTS": []}, "DYNAMIC_INPUTS must be a non-empty list")],
+)  # fmt: skip
+def test_bad_input_lists_are_user_errors(overrides, needle):
+    with pytest.raises(UserError, match=needle):
+        load_config(overrides=overrides)
+
+
 def test_notebook_snippet_with_default_config(demo_dir, tmp_path):
     out = sca2lstm.main(
         demo_args(
