@@ -178,10 +178,16 @@ def test_no_static_attributes_pretrain_predict_and_fine_tune(demo_dir, tmp_path)
     assert model.embedding[0].weight.shape == (4, 0)
     emb = model.embedding(torch.zeros(3, 0))
     assert emb.shape == (3, 4) and torch.equal(emb[0], emb[2]) and emb.abs().sum() > 0
-    # trained: the model is no longer persistence, and its forecasts respond to the inputs
-    x = torch.randn(2, 3, model.args.n_dynamic)
+    # trained: the forecasts are no longer persistence (Q on day t at every lead)
+    F = model.args.future_len
+    assert F == 2
+    x = torch.randn(2, 5, model.args.n_dynamic)
     x[..., -1] = 0.0
-    assert not torch.equal(model(x, torch.zeros(2, 0))[0], model(x.flip(1), torch.zeros(2, 0))[0])
+    with torch.no_grad():
+        out = model(x, torch.zeros(2, 0))
+    q_t = x[:, -F - 1, model.args.q_channel, None].expand(-1, 2)
+    # (an untrained model returns exactly q_t: test_untrained_forecast_model_is_persistence...)
+    assert out.shape == (2, 2) and not torch.equal(out, q_t)
 
     out = predict.main(
         demo_args(
