@@ -7,10 +7,10 @@ their mean, persistence and the skill over it. Each scenario's settings are a re
 ``configs/``:
 
 - ``future`` (``configs/forecast_future.yaml``): PRED_LEN 7, all forcings known over the lead
-  days (FUTURE_INPUTS null), 365-day windows, the training of the zero-shot recipe. Checks: lead 1
-  median NSE >= 0.85 and above persistence in every basin; every lead above persistence in every
-  basin; the last lead at or above the simulate-mode zero-shot NSE (``--simulate_reference``, the
-  table of ``pretrain_quality.py --scenario zeroshot``).
+  days (FUTURE_INPUTS null), 365-day windows, no static attributes, 40 epochs of 8,192 windows.
+  Checks: lead 1 median NSE >= 0.85 and above persistence in every basin; every lead above
+  persistence in every basin; the last lead at or above the simulate-mode zero-shot NSE
+  (``--simulate_reference``, the table of ``pretrain_quality.py --scenario zeroshot``).
 - ``horizon``: the same recipe, once with uniform weights and once with ``--horizon_weights``
   (default favouring the first days); both tables and the per-lead medians side by side.
 - ``baseline`` (``configs/forecast.yaml``): FUTURE_INPUTS [] with PRED_LEN 1 and SEQ_LEN 3, the
