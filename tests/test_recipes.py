@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import fine_tune_quality  # noqa: E402
 import forecast_quality  # noqa: E402
+import hyperopt_quality  # noqa: E402
 import pretrain_quality  # noqa: E402
 
 RECIPES = REPO / "configs"
@@ -124,17 +125,38 @@ _COMMON = (
 _SIMULATE = _COMMON.format(batch=64, samples=4096, patience=10) + (
     " --epochs 40 --mode simulate --seq_len 365 --set PREDICT_LAST_N=180 --set EMA_DECAY=0.99"
 )
+# all12 since the Optuna search's settings (benchmarks/README.md, the ensemble of 3 seeds)
+_SEARCHED = (
+    "--batch_size 32 --learning_rate 0.0024 --set LSTM_HIDDEN_DIM=128 --set EMBEDDING_DIM=64 "
+    "--set DROPOUT=0.3 --set WEIGHT_DECAY=1.3e-5"
+)
 MEASURED = {
     # measured before FUTURE_INPUTS existed: the windows ended on the forecast day
     "forecast": _COMMON.format(batch=256, samples=0, patience=8)
     + " --epochs 15 --mode forecast --seq_len 3 --pred_len 1 --set FUTURE_INPUTS=[]",
-    "all12": _SIMULATE
+    "all12": f"{_SIMULATE} {_SEARCHED}"
     + f" --train_basins {','.join(SAMPLE)} --test_basins {','.join(SAMPLE)}"
     + f" --val_basins {','.join(b for b in SAMPLE if b != '10003')}",
     "zeroshot": _SIMULATE
     + f" --train_basins {','.join(TRAIN5)} --val_basins {','.join(TRAIN5)}"
     + " --test_basins 10002,10003,22001,22006,39025,45003,54017",
 }
+
+
+# benchmarks/README.md: the flags that give the all-12 runs measured before the search's settings
+BEFORE_SEARCH = (
+    "--hidden 64 --embedding_dim 32 --dropout 0.2 --batch_size 64 --learning_rate 1e-3 "
+    "--set WEIGHT_DECAY=1e-4"
+)
+
+
+def test_before_search_flags_restore_the_earlier_all12_protocol():
+    argv = ["--scenario", "all12", "--data_dir", "x", *shlex.split(BEFORE_SEARCH)]
+    a = pretrain_quality.build_parser().parse_args(argv)
+    got = pretrain_config(pretrain_quality.scenario_args(a))
+    earlier = MEASURED["all12"].replace(_SEARCHED, "")
+    # the runs before set --batch_size and --learning_rate, which set the GPU keys too
+    assert without_run_keys(got) == without_run_keys(pretrain_config(shlex.split(earlier)))
 
 
 @pytest.mark.parametrize("scenario", sorted(MEASURED))
@@ -181,3 +203,14 @@ def test_fine_tune_benchmark_passes_its_recipe_to_both_stages(tmp_path):
     argv = fine_tune_quality._fine_tune_argv(args, "1", "22001", tmp_path / "c.pth", tmp_path)
     tune = fine_train.resolve_fine_tune_config(fine_train.build_parser().parse_args(argv))
     assert without_run_keys(tune) == without_run_keys(load_config(recipe, stage="fine_tune"))
+
+
+def test_hyperopt_benchmark_compares_the_search_with_the_hand_picked_settings(tmp_path):
+    a = hyperopt_quality.build_parser().parse_args(["--data_dir", "x"])
+    hand = pretrain_config(hyperopt_quality.protocol_args(a, tmp_path))
+    recipe = load_config(hyperopt_quality.RECIPE, stage="pretrain")
+    keys = ("LSTM_HIDDEN_DIM", "EMBEDDING_DIM", "DROPOUT", "BATCH_SIZE", "LR", "WEIGHT_DECAY")
+    assert [hand[k] for k in keys] == [64, 32, 0.2, 64, 1.0e-3, 1.0e-4]
+    assert [recipe[k] for k in keys] == [128, 64, 0.3, 32, 2.4e-3, 1.3e-5]  # the search's
+    same = ("MODE", "TRAIN_BASINS", "VAL_BASINS", "EMA_DECAY", "NUM_LAYERS")
+    assert [hand[k] for k in same] == [recipe[k] for k in same]
