@@ -7,12 +7,14 @@ their mean, persistence and the skill over it. Each scenario's settings are a re
 ``configs/``:
 
 - ``future`` (``configs/forecast_future.yaml``): PRED_LEN 7, all forcings known over the lead
-  days (FUTURE_INPUTS null), 365-day windows, no static attributes, 40 epochs of 8,192 windows.
+  days (FUTURE_INPUTS null), 365-day windows, no static attributes, 40 epochs of 8,192 windows,
+  loss weights favouring the first lead days (chosen on validation NSE).
   Checks: lead 1 median NSE >= 0.85 and above persistence in every basin; every lead above
   persistence in every basin; the last lead at or above the simulate-mode zero-shot NSE
   (``--simulate_reference``, the table of ``pretrain_quality.py --scenario zeroshot``).
-- ``horizon``: the same recipe, once with uniform weights and once with ``--horizon_weights``
-  (default favouring the first days); both tables and the per-lead medians side by side.
+- ``horizon``: the same recipe, once with uniform weights (HORIZON_WEIGHTS null) and once with
+  ``--horizon_weights`` (default: the recipe's); both tables and the per-lead medians side by
+  side.
 - ``baseline`` (``configs/forecast.yaml``): FUTURE_INPUTS [] with PRED_LEN 1 and SEQ_LEN 3, the
   recipe of ``pretrain_quality.py --scenario forecast``: reproduces its median 0.708.
 
@@ -30,7 +32,8 @@ Usage::
     python benchmarks/forecast_quality.py --scenario horizon --seeds 1 2 3
     python benchmarks/forecast_quality.py --scenario baseline --seeds 1 2 3
     python benchmarks/forecast_quality.py --scenario future --seeds 1 --epochs 1 --seq_len 20 \\
-        --pred_len 3 --samples_per_epoch 128 --hidden 8 --embedding_dim 4   # a smoke test
+        --pred_len 3 --samples_per_epoch 128 --hidden 8 --embedding_dim 4 \
+        --set HORIZON_WEIGHTS=null   # a smoke test (the recipe's 7 weights need PRED_LEN 7)
 
 The flags below change the recipe for one run (``--config`` swaps the recipe itself). Writes
 ``<output>_<variant>.csv`` per variant (rows: basin and lead) and prints the checks, the
@@ -109,9 +112,10 @@ def variants(a: argparse.Namespace) -> dict[str, list[str]]:
     args = scenario_args(a)
     if a.scenario == "baseline":
         return {"baseline": args}
-    out = {} if a.scenario == "horizon" and a.uniform_table else {"uniform": args}
-    if a.scenario == "horizon":
-        out["weighted"] = [*args, "--horizon_weights", a.horizon_weights]
+    if a.scenario == "future":
+        return {"recipe": args}
+    out = {} if a.uniform_table else {"uniform": [*args, "--set", "HORIZON_WEIGHTS=null"]}
+    out["weighted"] = [*args, "--horizon_weights", a.horizon_weights]
     return out
 
 
@@ -206,7 +210,8 @@ def read_table(path: str) -> pd.DataFrame:
     """A per-basin, per-lead table this script wrote before."""
     if not Path(path).is_file():
         raise SystemExit(
-            f"error: --uniform_table {path} does not exist; run --scenario future first"
+            f"error: --uniform_table {path} does not exist; give the <output>_uniform.csv "
+            "of an earlier --scenario horizon run"
         )
     return pd.read_csv(path, dtype={"basin": str}).set_index(["basin", "lead"])
 
@@ -218,7 +223,8 @@ def main(argv=None) -> dict[str, pd.DataFrame]:
         parser.error("--uniform_table goes with --scenario horizon")
     if a.uniform_table and not Path(a.uniform_table).is_file():
         parser.error(
-            f"--uniform_table {a.uniform_table} does not exist; run --scenario future first"
+            f"--uniform_table {a.uniform_table} does not exist; give the <output>_uniform.csv "
+            "of an earlier --scenario horizon run"
         )
     t0 = time.perf_counter()
     tables, commands = {}, []
