@@ -32,7 +32,7 @@ Usage::
     python benchmarks/forecast_quality.py --scenario horizon --seeds 1 2 3
     python benchmarks/forecast_quality.py --scenario baseline --seeds 1 2 3
     python benchmarks/forecast_quality.py --scenario future --seeds 1 --epochs 1 --seq_len 20 \\
-        --pred_len 3 --samples_per_epoch 128 --hidden 8 --embedding_dim 4 \
+        --pred_len 3 --samples_per_epoch 128 --hidden 8 --embedding_dim 4 \\
         --set HORIZON_WEIGHTS=null   # a smoke test (the recipe's 7 weights need PRED_LEN 7)
 
 The flags below change the recipe for one run (``--config`` swaps the recipe itself). Writes
@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     pretrain_quality.add_protocol_args(p, RECIPES, OVERRIDES)
     p.add_argument(
-        "--horizon_weights", default=FIRST_DAYS, help="horizon scenario: weights of its 2nd run"
+        "--horizon_weights",
+        help=f"horizon scenario: weights of its 2nd run (default {FIRST_DAYS}, the recipe's)",
     )
     p.add_argument(
         "--uniform_table",
@@ -115,7 +116,7 @@ def variants(a: argparse.Namespace) -> dict[str, list[str]]:
     if a.scenario == "future":
         return {"recipe": args}
     out = {} if a.uniform_table else {"uniform": [*args, "--set", "HORIZON_WEIGHTS=null"]}
-    out["weighted"] = [*args, "--horizon_weights", a.horizon_weights]
+    out["weighted"] = [*args, "--horizon_weights", a.horizon_weights or FIRST_DAYS]
     return out
 
 
@@ -221,6 +222,11 @@ def main(argv=None) -> dict[str, pd.DataFrame]:
     a = parser.parse_args(argv)
     if a.uniform_table and a.scenario != "horizon":
         parser.error("--uniform_table goes with --scenario horizon")
+    if a.horizon_weights and a.scenario != "horizon":
+        parser.error(
+            "--horizon_weights goes with --scenario horizon; to change the weights of another "
+            "scenario's runs, give --set HORIZON_WEIGHTS=[w1,...] (or null for uniform)"
+        )
     if a.uniform_table and not Path(a.uniform_table).is_file():
         parser.error(
             f"--uniform_table {a.uniform_table} does not exist; give the <output>_uniform.csv "
@@ -248,7 +254,7 @@ def main(argv=None) -> dict[str, pd.DataFrame]:
             {k: t.groupby(level="lead")["nse_mean"].median() for k, t in tables.items()}
         )
         side["weighted_minus_uniform"] = side["weighted"] - side["uniform"]
-        print(f"\nmedian NSE per lead, uniform vs weights {a.horizon_weights}:")
+        print(f"\nmedian NSE per lead, uniform vs weights {a.horizon_weights or FIRST_DAYS}:")
         print(side.to_string(float_format=lambda v: f"{v:.3f}"))
     if a.scenario != "baseline":
         print(

@@ -110,6 +110,17 @@ def test_forecast_benchmark_resolves_to_its_recipe(scenario):
         assert (want["FUTURE_INPUTS"], want["PRED_LEN"], want["SEQ_LEN"]) == (None, 7, 365)
 
 
+def test_forecast_benchmark_takes_horizon_weights_only_for_the_horizon_scenario(capsys):
+    argv = ["--scenario", "future", "--data_dir", "x", "--horizon_weights", "2,1,1,1,1,1,1"]
+    with pytest.raises(SystemExit) as exit_info:
+        forecast_quality.main(argv)
+    assert exit_info.value.code == 2
+    assert "--set HORIZON_WEIGHTS" in capsys.readouterr().err
+    a = forecast_quality.build_parser().parse_args(["--scenario", "horizon", *argv[2:]])
+    weighted = pretrain_config([*forecast_quality.variants(a)["weighted"], "--seed", "1"])
+    assert weighted["HORIZON_WEIGHTS"] == [2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+
+
 def test_pretrain_benchmark_flags_change_the_recipe():
     argv = ["--scenario", "all12", "--data_dir", "x", "--seq_len", "180", "--dropout", "0.1"]
     a = pretrain_quality.build_parser().parse_args(argv)
