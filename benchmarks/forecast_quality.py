@@ -7,8 +7,8 @@ their mean, persistence and the skill over it. Each scenario's settings are a re
 ``configs/``:
 
 - ``future`` (``configs/forecast_future.yaml``): PRED_LEN 7, all forcings known over the lead
-  days (FUTURE_INPUTS null), 365-day windows, no static attributes, 40 epochs of 16,384 windows,
-  loss weights favouring the first lead days (chosen on validation NSE).
+  days (FUTURE_INPUTS null), 365-day windows, no static attributes, up to 60 epochs of 16,384
+  windows, loss weights favouring the first lead days (each chosen on validation NSE).
   Checks: lead 1 median NSE >= 0.85 and above persistence in every basin; every lead above
   persistence in every basin; the last lead at or above the simulate-mode zero-shot NSE
   (``--simulate_reference``, the table of ``pretrain_quality.py --scenario zeroshot``).
