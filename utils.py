@@ -1074,8 +1074,15 @@ def output_root(config: dict) -> Path:
     return out if out.is_absolute() else ROOT / out
 
 
+_PROBE_ATTEMPTS = 20  # ensure_writable: tries when a concurrent run removes a parent
+
+
 def ensure_writable(folder: Path, what: str) -> None:
     """Check up front that run folders can be written under ``folder``; create nothing.
+
+    Folders it made are removed again. Runs probing side by side under a new shared parent may
+    leave that parent behind, empty: which of them made it is not known, and a folder that was
+    there before must stay.
 
     Raises
     ------
@@ -1084,14 +1091,23 @@ def ensure_writable(folder: Path, what: str) -> None:
         new file (a read-only mount, ``/proc``).
     """
     folder = Path(folder)
-    created: list[Path] = []
-    probe = folder
-    while not probe.exists():
-        created.append(probe)
-        probe = probe.parent
+    created: set[Path] = set()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
+        for attempt in range(_PROBE_ATTEMPTS):
+            probe = folder
+            while not probe.exists():
+                created.add(probe)
+                probe = probe.parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                tempfile.TemporaryFile(dir=folder).close()
+                break
+            except (FileNotFoundError, FileExistsError):
+                # Runs started side by side (a bash loop with ``&``) probe sibling folders: one
+                # may remove the empty parent it created while another is making it (pathlib
+                # then raises one of these two). Try again; a file in the way fails every time.
+                if attempt == _PROBE_ATTEMPTS - 1:
+                    raise
     except OSError as err:
         reason = err.strerror or str(err)
         raise UserError(
@@ -1099,7 +1115,8 @@ def ensure_writable(folder: Path, what: str) -> None:
             "with --output_dir"
         ) from None
     finally:
-        for path in created:  # deepest first: leave the file system as it was
+        # deepest first: leave the file system as it was
+        for path in sorted(created, key=lambda p: len(p.parts), reverse=True):
             try:
                 path.rmdir()
             except OSError:

@@ -66,6 +66,43 @@ def test_unwritable_output_dir_is_one_error_before_any_work(
     assert not Path(impossible).exists()
 
 
+PROBE_RACE = """
+import sys
+from pathlib import Path
+from utils import UserError, ensure_writable
+root, me = Path(sys.argv[1]), sys.argv[2]
+failures = 0
+for k in range(1500):  # a fresh shared parent each time, as runs started with & meet one
+    try:
+        ensure_writable(root / f"out{k}" / "runs" / me, "the output folder")
+    except UserError as err:
+        failures += 1
+        last = str(err)
+print(failures, last if failures else "")
+"""
+
+
+def test_side_by_side_runs_never_fail_the_output_probe_of_each_other(tmp_path):
+    # A bash loop with & starts runs whose output folders share a new parent: one run's clean-up
+    # of an empty parent used to make another's probe fail (File exists / No such file).
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PROBE_RACE, str(tmp_path), f"run{i}"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert out.split(maxsplit=1)[0] == "0", out
+    # every run folder the probes made is gone again (shared parents may stay: see utils)
+    assert not list(tmp_path.glob("out*/runs/run*"))
+
+
 def test_resume_keeps_the_runs_own_epoch_count(demo_dir, tmp_path):
     args = demo_args(demo_dir, tmp_path, *ONE_BASIN, *TINY, "--set", "TRAIN_START=1990-01-01")
     first = sca2lstm.main([*args, "--epochs", "1"])
