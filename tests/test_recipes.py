@@ -6,6 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -119,6 +120,58 @@ def test_forecast_benchmark_takes_horizon_weights_only_for_the_horizon_scenario(
     a = forecast_quality.build_parser().parse_args(["--scenario", "horizon", *argv[2:]])
     weighted = pretrain_config([*forecast_quality.variants(a)["weighted"], "--seed", "1"])
     assert weighted["HORIZON_WEIGHTS"] == [2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+
+
+def _lead_table(path: Path, last_lead: dict[str, float]) -> None:
+    """A 2-lead table in the layout forecast_quality.py writes: lead 1 above persistence."""
+    rows = []
+    for basin, nse in last_lead.items():
+        rows.append({"basin": basin, "lead": 1, "nse_mean": 0.9, "persistence_nse": 0.5})
+        rows.append({"basin": basin, "lead": 2, "nse_mean": nse, "persistence_nse": 0.0})
+    table = pd.DataFrame(rows)
+    table["beats_persistence"] = table["nse_mean"] > table["persistence_nse"]
+    table.to_csv(path, index=False)
+
+
+def test_forecast_benchmark_checks_a_saved_table_by_median_and_basin_by_basin(tmp_path, capsys):
+    table, reference = tmp_path / "future.csv", tmp_path / "simulate.csv"
+    # Median 0.80 against 0.70: at or above; basin 3 is 0.05 below its reference.
+    _lead_table(table, {"b1": 0.80, "b2": 0.90, "b3": 0.60})
+    pd.DataFrame({"basin": ["b1", "b2", "b3"], "nse_mean": [0.70, 0.50, 0.65]}).to_csv(
+        reference, index=False
+    )
+    argv = ["--scenario", "future", "--data_dir", "x", "--from_table", str(table)]
+    forecast_quality.main([*argv, "--simulate_reference", str(reference)])
+    out = capsys.readouterr().out
+    assert (
+        "last lead median NSE 0.800 vs simulate-mode zero-shot 0.650 over 3 basins: at or above"
+        in out
+    )
+    assert "last lead at or above in every basin: False (2 of 3; below: b3 -0.0500)" in out
+    assert "lead 1 median NSE, the mean of the seeds: 0.900 (target >= 0.85): met" in out
+    # Every basin above, median below is impossible; a median below is named as such.
+    pd.DataFrame({"basin": ["b1", "b2", "b3"], "nse_mean": [0.85, 0.95, 0.55]}).to_csv(
+        reference, index=False
+    )
+    forecast_quality.main([*argv, "--simulate_reference", str(reference)])
+    out = capsys.readouterr().out
+    assert "0.800 vs simulate-mode zero-shot 0.850 over 3 basins: BELOW" in out
+    assert "(1 of 3; below: b1 -0.0500, b2 -0.0500)" in out
+
+
+def test_forecast_benchmark_refuses_a_missing_or_foreign_table(tmp_path, capsys):
+    argv = ["--scenario", "future", "--data_dir", "x", "--from_table"]
+    with pytest.raises(SystemExit) as exit_info:
+        forecast_quality.main([*argv, str(tmp_path / "none.csv")])
+    assert exit_info.value.code == 2
+    assert "none.csv does not exist" in capsys.readouterr().err
+    foreign = tmp_path / "foreign.csv"
+    pd.DataFrame({"basin": ["b1"], "nse": [0.5]}).to_csv(foreign, index=False)
+    with pytest.raises(SystemExit) as exit_info:
+        forecast_quality.main([*argv, str(foreign)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "lacks the column(s) beats_persistence, lead, nse_mean, persistence_nse" in err
 
 
 def test_pretrain_benchmark_flags_change_the_recipe():
