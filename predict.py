@@ -52,6 +52,7 @@ import datetime as dt
 import glob
 import importlib
 import os
+import textwrap
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -1155,6 +1156,7 @@ def plot_skill_by_lead(path: Path, by_lead: pd.DataFrame, title: str) -> None:
         ax.legend(fontsize=7, ncol=2)
         ax.set_title(model, fontsize=9)
     fig.suptitle(title, fontsize=9)
+    fig.tight_layout()  # room for the suptitle above the panels' titles
     save_figure(fig, path)
 
 
@@ -1199,9 +1201,13 @@ def plot_model_comparison(path: Path, runs: list[ModelRun], lead: int, title: st
         ax.set_ylabel(label)
         ax.axhline(0, color="black", lw=0.6)
         ax.grid(alpha=0.3, axis="y")
-    axes[0, 0].legend(fontsize=7)
+    # One legend under the panels, where it covers no bar.
+    ncol = 1 if max(map(len, models)) > 45 else min(3, len(models))
+    rows = -(-len(models) // ncol)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.025 * rows + 0.01, 1, 1))
     save_figure(fig, path)
 
 
@@ -1219,7 +1225,9 @@ def plot_error_distribution(path: Path, runs: list[ModelRun], lead: int, title: 
     fig, (ax_b, ax_h) = plt.subplots(1, 2, figsize=(12, 4.5))
     labels = list(errors)
     ax_b.boxplot([errors[k] for k in labels], showfliers=False)
-    ax_b.set_xticks(range(1, len(labels) + 1), [k[:40] for k in labels], rotation=20, ha="right")
+    # Whole labels, wrapped: two runs' labels often differ only in their ends (the run folder).
+    wrapped = {k: "\n".join(textwrap.wrap(k, 32, break_on_hyphens=False)) for k in labels}
+    ax_b.set_xticks(range(1, len(labels) + 1), [wrapped[k] for k in labels], fontsize=8)
     ax_b.axhline(0, color="black", lw=0.6)
     ax_b.set_ylabel("simulated − observed (mm/day)")
     ax_b.set_xlabel("model (whiskers 1.5 IQR, outliers not drawn)")
@@ -1227,12 +1235,13 @@ def plot_error_distribution(path: Path, runs: list[ModelRun], lead: int, title: 
     lo, hi = np.percentile(values, [0.5, 99.5]) if values.size else (-1.0, 1.0)
     bins = np.linspace(lo, hi, 60) if hi > lo else 30
     for label, err in errors.items():
-        ax_h.hist(err, bins=bins, density=True, histtype="step", lw=1.2, label=f"{label[:40]}")
+        ax_h.hist(err, bins=bins, density=True, histtype="step", lw=1.2, label=wrapped[label])
     ax_h.axvline(0, color="black", lw=0.6)
     ax_h.set_xlabel("simulated − observed (mm/day), central 99 %")
     ax_h.set_ylabel("density (1/(mm/day))")
     ax_h.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
+    fig.tight_layout()  # room for the suptitle above the panels' titles
     save_figure(fig, path)
 
 
@@ -1488,7 +1497,8 @@ def prepare(request: PredictRequest, config: dict) -> PredictJob:
     # What the run did is the checkpoint's model, inputs, windows and periods, not run.config's.
     saved = first.ckpt.get("config") or {}
     config = {**config, **{k: saved[k] for k in MODEL_KEYS if k in saved}}
-    log.info("config of %s: %s", first.label, config_summary(config))
+    # The summary's training keys (epochs, batch, seed) are the checkpoint's too, not run.config's.
+    log.info("config of %s as trained: %s", first.label, config_summary({**config, **saved}))
     if request.export_weights and first.model_class != "SCA2LSTM":
         raise UserError(
             f"--export_weights needs an SCA2LSTM checkpoint; {first.path} holds a "

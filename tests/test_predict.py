@@ -115,6 +115,19 @@ def test_round_trip_leaves_one_finished_run_folder(round_trip):
     assert saved["data"] == "SYNTHETIC" and saved["start"] == "2000-01-01"
 
 
+def test_round_trip_log_states_the_checkpoints_training_not_run_configs(
+    round_trip, pretrained_forecast
+):
+    saved = torch.load(pretrained_forecast, map_location="cpu", weights_only=False)["config"]
+    defaults = load_config(stage="predict")
+    keys = ("N_EPOCHS", "BATCH_SIZE", "SEED")
+    assert any(saved[k] != defaults[k] for k in keys)  # else the check below could not fail
+    log = (round_trip["run_dir"] / "predict.log").read_text()
+    want = f"{saved['N_EPOCHS']} epochs, batch {saved['BATCH_SIZE']}, LR {saved['LR']:g}, "
+    assert f"as trained: {saved['MODE']} mode" in log
+    assert want + f"seed {saved['SEED']};" in log
+
+
 def test_round_trip_tables_match_what_main_returned(round_trip):
     preds, metrics = read_outputs(round_trip["run_dir"])
     assert (preds["data"] == "SYNTHETIC").all() and (metrics["data"] == "SYNTHETIC").all()
