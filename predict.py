@@ -1625,7 +1625,9 @@ def report(job: PredictJob, result: dict, backlog: LogBacklog) -> Path:
     """Write the run folder: built hidden, renamed at the end, so a failure leaves none."""
     request, tag = job.request, job.tag
     parent = output_root(job.config) / "predict"
-    with RunFolder(parent, "predict.log", job.config, hidden=True, backlog=backlog) as folder:
+    with RunFolder(
+        parent, "predict.log", job.config, hidden=True, backlog=backlog, trains=False
+    ) as folder:
         out = folder.path
         write_csv(out / "predictions.csv", result["predictions"])
         write_csv(out / "metrics.csv", result["metrics"])

@@ -888,10 +888,11 @@ def make_run_dir(parent: Path, prefix: str = "") -> Path:
     return unique_path(parent, prefix)
 
 
-def write_run_config(run_dir: Path, config: dict) -> None:
-    """Write the resolved config to ``run_dir/config.yaml`` and log its short line."""
+def write_run_config(run_dir: Path, config: dict, training: bool = True) -> None:
+    """Write the resolved config to ``run_dir/config.yaml`` and log its short line (without the
+    training keys when the stage trains nothing: ``training=False``)."""
     write_yaml(run_dir / "config.yaml", config)
-    log.info("config: %s (every key: config.yaml)", config_summary(config))
+    log.info("config: %s (every key: config.yaml)", config_summary(config, training))
 
 
 class LogBacklog(logging.Handler):
@@ -928,7 +929,8 @@ class RunFolder:
 
     On entry it makes the folder (a new, unique one under ``parent``; or ``resume``, an existing
     one to continue), opens its log file ``log_name``, writes the kept records of ``backlog``,
-    and with ``config`` writes ``config.yaml`` and the config line. On exit it closes the log
+    and with ``config`` writes ``config.yaml`` and the config line (``trains=False``: without
+    the training keys, for a stage that trains nothing). On exit it closes the log
     files. When the block fails, a new folder is removed, unless ``keep(folder)`` says it holds
     something worth keeping (a checkpoint to resume from); a resumed folder is never removed.
 
@@ -952,8 +954,10 @@ class RunFolder:
         keep: Callable[[Path], bool] | None = None,
         hidden: bool = False,
         backlog: LogBacklog | None = None,
+        trains: bool = True,
     ) -> None:
         self.parent, self.log_name, self.config = Path(parent), log_name, config
+        self.trains = trains
         self.resume, self.keep, self.hidden, self.backlog = resume, keep, hidden, backlog
         self.path = Path(resume) if resume is not None else Path(parent)
 
@@ -971,7 +975,7 @@ class RunFolder:
             if not self.hidden:
                 log.info("run folder %s", self.path)
             if self.config is not None:
-                write_run_config(self.path, self.config)
+                write_run_config(self.path, self.config, self.trains)
         except BaseException:
             self._discard()
             raise
@@ -1036,14 +1040,20 @@ def all_basins(config: dict) -> list[str]:
     return list(dict.fromkeys(b for key in BASIN_KEYS for b in config[key]))
 
 
-def config_summary(config: dict) -> str:
-    """One short line with the settings a reader checks first (the whole config is a file)."""
+def config_summary(config: dict, training: bool = True) -> str:
+    """One short line with the settings a reader checks first (the whole config is a file).
+
+    ``training=False`` leaves out epochs, batch, learning rate and seed: a stage that trains
+    nothing (predict.py) would state run.config's, not its model's."""
     basins = ", ".join(f"{len(config[k])} {k.split('_')[0].lower()}" for k in BASIN_KEYS)
+    trained = (
+        f", {config['N_EPOCHS']} epochs, batch {config['BATCH_SIZE']}, LR {config['LR']:g}, "
+        f"seed {config['SEED']}"
+    )
     return (
         f"{config['MODE']} mode, SEQ_LEN {config['SEQ_LEN']}, PRED_LEN {config['PRED_LEN']}, "
         f"hidden {config['LSTM_HIDDEN_DIM']} x {config['NUM_LAYERS']}, "
-        f"embedding {config['EMBEDDING_DIM']}, {config['N_EPOCHS']} epochs, batch "
-        f"{config['BATCH_SIZE']}, LR {config['LR']:g}, seed {config['SEED']}; basins: {basins}; "
+        f"embedding {config['EMBEDDING_DIM']}{trained if training else ''}; basins: {basins}; "
         f"train {config['TRAIN_START']}..{config['TRAIN_END']}, "
         f"validation {config['VAL_START']}..{config['VAL_END']}, "
         f"test {config['TEST_START']}..{config['TEST_END']}"

@@ -126,6 +126,9 @@ def test_round_trip_log_states_the_checkpoints_training_not_run_configs(
     want = f"{saved['N_EPOCHS']} epochs, batch {saved['BATCH_SIZE']}, LR {saved['LR']:g}, "
     assert f"as trained: {saved['MODE']} mode" in log
     assert want + f"seed {saved['SEED']};" in log
+    # The stage's own config line states no training settings: predict.py trains nothing.
+    (own,) = [line for line in log.splitlines() if "INFO config: " in line]
+    assert "epochs" not in own and "seed" not in own and "SEQ_LEN" in own
 
 
 def test_round_trip_tables_match_what_main_returned(round_trip):
