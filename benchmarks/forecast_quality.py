@@ -200,11 +200,12 @@ def report(name: str, table: pd.DataFrame, a: argparse.Namespace) -> None:
     print(f"every lead above persistence in every basin: {bool(table['beats_persistence'].all())}")
     # The ensemble against the simulate-mode ensemble, and the seeds' mean against the
     # simulate-mode seeds' mean (one reference, the given one, with --simulate_reference).
-    pairs = [(col, ENSEMBLE_REFERENCE if col == "nse_ensemble" else REFERENCE)]
-    if col == "nse_ensemble":
-        pairs.append(("nse_mean", REFERENCE))
     if a.simulate_reference:
         pairs = [(col, Path(a.simulate_reference))]
+    elif col == "nse_ensemble":
+        pairs = [(col, ENSEMBLE_REFERENCE), ("nse_mean", REFERENCE)]
+    else:
+        pairs = [(col, REFERENCE)]
     for column, reference in pairs:
         compare_last_lead(table, column, reference)
 
@@ -283,6 +284,16 @@ def main(argv=None) -> dict[str, pd.DataFrame]:
     if a.from_table:
         if a.uniform_table or a.scenario == "horizon":
             parser.error("--from_table reads one table: give it with --scenario future or baseline")
+        # It trains nothing, so a training flag would be accepted and do nothing.
+        training = [f"--{name}" for name in OVERRIDES if getattr(a, name) is not None]
+        training += [f"--{name}" for name in ("config", "set", "ensemble") if getattr(a, name)]
+        if a.seeds != parser.get_default("seeds"):
+            training.append("--seeds")
+        if training:
+            parser.error(
+                f"--from_table trains nothing, so {', '.join(training)} would do nothing; drop "
+                "them (the table holds the run's seeds and, with --ensemble, its ensemble)"
+            )
         table = read_table(a.from_table, parser)
         report(f"{a.scenario} (read from {a.from_table})", table, a)
         return {a.scenario: table}

@@ -135,7 +135,7 @@ def _lead_table(path: Path, last_lead: dict[str, float]) -> None:
 
 def test_forecast_benchmark_checks_a_saved_table_by_median_and_basin_by_basin(tmp_path, capsys):
     table, reference = tmp_path / "future.csv", tmp_path / "simulate.csv"
-    # Median 0.80 against 0.70: at or above; basin 3 is 0.05 below its reference.
+    # Median 0.80 against 0.65: at or above; basin 3 is 0.05 below its reference.
     _lead_table(table, {"b1": 0.80, "b2": 0.90, "b3": 0.60})
     pd.DataFrame({"basin": ["b1", "b2", "b3"], "nse_mean": [0.70, 0.50, 0.65]}).to_csv(
         reference, index=False
@@ -172,6 +172,11 @@ def test_forecast_benchmark_refuses_a_missing_or_foreign_table(tmp_path, capsys)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "lacks the column(s) beats_persistence, lead, nse_mean, persistence_nse" in err
+    # Training flags would do nothing with a table: refused, by name.
+    with pytest.raises(SystemExit) as exit_info:
+        forecast_quality.main([*argv, str(foreign), "--epochs", "3", "--ensemble"])
+    assert exit_info.value.code == 2
+    assert "--epochs, --ensemble would do nothing" in capsys.readouterr().err
 
 
 def test_pretrain_benchmark_flags_change_the_recipe():
